@@ -1,0 +1,87 @@
+"""`lmforge <verb> …`: a thin layer mapping command lines onto typed functions.
+
+Each verb is a plain function (its signature is the CLI and the YAML schema, its docstring the
+help). Verbs are imported only when run, so `lmforge --help` imports neither torch nor jsonargparse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# verb -> (module, function or {subverb: function}, one-line summary)
+VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
+    "models": ("lmforge.verbs.models", "models", "List the named model configs with parameter counts"),
+    "download": ("lmforge.verbs.download", "download", "Download an HF hub checkpoint and convert it"),
+    "convert": ("lmforge.verbs.convert", "convert", "Convert a checkpoint (HF dir, .gguf, lmforge dir) to lmforge/hf/gguf"),
+    "tokenizer": ("lmforge.verbs.tokenizer", {"train": "train"}, "Tokenizer tools: `tokenizer train` a byte-level BPE"),
+    "assets": ("lmforge.assets", {"fetch": "fetch", "list": "list_assets"}, "Fetch the registry assets (SmolLM2, tokenizers, data)"),
+    "generate": ("lmforge.verbs.generate", "generate", "Generate a completion for one prompt"),
+    "chat": ("lmforge.verbs.chat", "chat", "Chat with a model in the terminal"),
+    "serve": ("lmforge.serve.cli", "serve", "Serve a model over an OpenAI-compatible HTTP API"),
+    "prepare": ("lmforge.data.prepare", "prepare", "Tokenize text files into training shards"),
+    "pretrain": ("lmforge.training.pretrain", "pretrain_cli", "Pretrain (or continue training) a model"),
+    "demo": ("lmforge.demo", "demo", "Run the embedded end-to-end demo"),
+}
+
+USAGE = "usage: lmforge <verb> [options]   (lmforge <verb> --help for a verb's options)"
+
+
+def _print_help() -> None:
+    from lmforge import __version__
+
+    print(f"lmforge {__version__}: build, pretrain, load, finetune, align, evaluate and serve LLMs\n")
+    print(USAGE + "\n\nverbs:")
+    width = max(map(len, VERBS))
+    for verb, (_, _, summary) in VERBS.items():
+        print(f"  {verb:<{width}}  {summary}")
+
+
+def _resolve(verb: str):
+    module_name, target, _ = VERBS[verb]
+    module = importlib.import_module(module_name)
+    if isinstance(target, dict):
+        return {sub: getattr(module, fn) for sub, fn in target.items()}
+    return getattr(module, target)
+
+
+def run(argv: list[str]) -> object:
+    """Run one verb with its arguments (no error handling: for tests and Python callers)."""
+    from jsonargparse import auto_cli
+
+    verb, rest = argv[0], argv[1:]
+    fn = _resolve(verb)
+    return auto_cli(fn, args=rest, as_positional=True, prog=f"lmforge {verb}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _print_help()
+        return
+    if argv[0] in ("-V", "--version"):
+        from lmforge import __version__
+
+        print(__version__)
+        return
+    if argv[0] not in VERBS:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], VERBS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        sys.exit(f"error: unknown verb {argv[0]!r}{hint}. {USAGE}")
+    from lmforge.errors import LmforgeError
+
+    try:
+        run(argv)
+    except LmforgeError as e:
+        sys.exit(f"error: {e}")
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e.filename or e}: file not found")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: keep the traceback when asked
+        if os.environ.get("LMFORGE_DEBUG"):
+            raise
+        sys.exit(f"error: {type(e).__name__}: {e} (set LMFORGE_DEBUG=1 for the traceback)")

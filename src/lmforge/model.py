@@ -333,6 +333,31 @@ class GPT(nn.Module):
         if self.config.position_embedding == "rope":
             self.inv_freq = rope_inv_freq(self.config).to(self.inv_freq.device)
 
+    @classmethod
+    def from_state_dict(cls, config: Config, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
+        """Build a model from `state_dict` without a second copy of the weights (meta device + assign).
+
+        Raises `LmforgeError` naming missing or unexpected keys.
+        """
+        from lmforge.errors import LmforgeError
+
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k for k in model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")}
+        got = set(state_dict)
+        missing, unexpected = sorted(expected - got), sorted(got - expected - {"lm_head.weight"})
+        if missing or unexpected:
+            what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+            raise LmforgeError(f"{source}: weights do not match the config ({what}{' …' if len(missing or unexpected) > 3 else ''})")
+        state_dict = {k: v for k, v in state_dict.items() if k in expected}
+        model.load_state_dict(state_dict, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        device = model.embed_tokens.weight.device
+        if config.position_embedding == "rope":
+            model.inv_freq = rope_inv_freq(config).to(device)
+        return model
+
     def new_kv_cache(self, batch_size: int, max_seq_length: int | None = None,
                      dtype: torch.dtype | None = None, device: torch.device | None = None) -> KVCache:
         cfg = self.config

@@ -1,0 +1,144 @@
+"""Sampling settings and next-token selection, shared by `generate`, `chat` and `serve`.
+
+Order of logits processing (as HF `generate` does): repetition penalty → temperature → top-k →
+top-p → min-p → sample. `temperature == 0` means greedy (argmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class SamplingError(LmforgeError, ValueError):
+    """An invalid sampling setting (e.g. top_p 1.5)."""
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens for one request.
+
+    Attributes:
+        max_new_tokens: Stop after this many generated tokens.
+        temperature: 0 for greedy decoding; > 0 divides the logits before sampling.
+        top_k: Keep only the k most likely tokens (None or 0: all).
+        top_p: Nucleus sampling: smallest set of tokens whose probability sums to >= top_p (1.0: off).
+        min_p: Drop tokens whose probability is below `min_p * p_max` (0.0: off).
+        repetition_penalty: > 1 discourages tokens already in the prompt or output (1.0: off).
+        seed: Seed of this request's random generator (None: non-deterministic).
+        stop: Strings that end the generation (not included in the output).
+        ignore_eos: Keep generating past EOS (benchmarks).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise SamplingError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise SamplingError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not self.repetition_penalty > 0:
+            raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise SamplingError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        import torch
+
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed)
+        return g
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams, history: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply penalty/temperature/top-k/top-p/min-p to one row of logits (V,) and return the new logits."""
+    import torch
+
+    logits = logits.float()
+    if params.repetition_penalty != 1.0 and history is not None and history.numel():
+        seen = logits.gather(0, history)
+        seen = torch.where(seen < 0, seen * params.repetition_penalty, seen / params.repetition_penalty)
+        logits = logits.scatter(0, history, seen)
+    if params.greedy:
+        return logits
+    logits = logits / params.temperature
+    if params.top_k:
+        k = min(params.top_k, logits.size(-1))
+        kth = torch.topk(logits, k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (always keeps the first)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None] | None = None,
+    histories: list[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Pick the next token for each row.
+
+    Args:
+        logits: (B, V) logits of the last position of each row.
+        params: one `SamplingParams` per row (rows may differ: continuous batching).
+        generators: optional per-row random generators (seeded requests are reproducible).
+        histories: optional per-row 1-D LongTensors of previous token ids (repetition penalty).
+
+    Returns:
+        (B,) LongTensor of chosen token ids.
+    """
+    import torch
+
+    B = logits.size(0)
+    if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
+        return logits.argmax(-1)
+    out = torch.empty(B, dtype=torch.long, device=logits.device)
+    for b in range(B):
+        p = params[b]
+        row = process_logits(logits[b], p, histories[b] if histories else None)
+        if p.greedy:
+            out[b] = row.argmax()
+        else:
+            g = generators[b] if generators else None
+            out[b] = torch.multinomial(row.softmax(-1), 1, generator=g)[0]
+    return out

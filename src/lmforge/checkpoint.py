@@ -133,10 +133,10 @@ def save_checkpoint(
 
 def load_tokenizer(path: Path) -> Tokenizer | None:
     """The tokenizer saved in a checkpoint dir, or None when it holds no tokenizer files."""
-    from lmforge.tokenizer import Tokenizer
-
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         return None
+    from lmforge.tokenizer import Tokenizer
+
     return Tokenizer.from_dir(path)
 
 

@@ -46,13 +46,29 @@ def _resolve(verb: str):
     return getattr(module, target)
 
 
+def _normalize_flag(arg: str) -> str:
+    """`--max-new-tokens=5` -> `--max_new_tokens=5`: both spellings work, as in most CLIs."""
+    if not arg.startswith("--"):
+        return arg
+    name, eq, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + eq + value
+
+
 def run(argv: list[str]) -> object:
-    """Run one verb with its arguments (no error handling: for tests and Python callers)."""
+    """Run one verb with its arguments; bad flags raise `LmforgeError` (one line)."""
+    from argparse import ArgumentError
+
     from jsonargparse import auto_cli
 
-    verb, rest = argv[0], argv[1:]
+    from lmforge.errors import LmforgeError
+
+    verb, rest = argv[0], [_normalize_flag(a) for a in argv[1:]]
     fn = _resolve(verb)
-    return auto_cli(fn, args=rest, as_positional=True, prog=f"lmforge {verb}")
+    try:
+        return auto_cli(fn, args=rest, as_positional=True, prog=f"lmforge {verb}", exit_on_error=False)
+    except ArgumentError as e:
+        msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise LmforgeError(f"lmforge {verb}: {msg} (see 'lmforge {verb} --help')") from None
 
 
 def main(argv: list[str] | None = None) -> None:

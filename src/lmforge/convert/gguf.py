@@ -1,0 +1,623 @@
+"""Read and write GGUF files (llama.cpp's format) as lmforge configs and state dicts.
+
+GGUF facts this module relies on:
+
+* Tensor shapes are stored in ggml order (fastest dimension first); `gguf.GGUFReader` exposes the
+  data as a numpy array in row-major order, so a `[in, out]` ggml tensor reads as `(out, in)`, the
+  `nn.Linear` layout, and `GGUFWriter.add_tensor` reverses a numpy shape the same way on write.
+* llama.cpp rotates *interleaved* pairs (0, 1), (2, 3)… for the `llama` architecture, while HF and
+  lmforge rotate the two halves of each head. Its `convert_hf_to_gguf.py` therefore permutes the
+  rows of every head of Q and K; we apply the inverse on load and the same permutation on export.
+  Qwen2/Qwen3/Gemma 2/Phi-3 use llama.cpp's "neox" rotation (halves), so their rows are not permuted.
+* Gemma stores norm weights as `1 + w`; llama.cpp's converter writes the `1 + w` value.
+* A missing `output.weight` means the output head is tied to `token_embd.weight`.
+
+Quantized tensors are dequantized with `gguf.quants.dequantize`, one tensor at a time, so loading
+never holds more than the final state dict plus one fp32 tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.config import Config
+from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from lmforge.tokenizer import Tokenizer
+
+
+class GGUFError(LmforgeError):
+    """A GGUF file cannot be read, is not supported, or a model cannot be written as GGUF."""
+
+
+# ---------------------------------------------------------------------------------------------
+# architectures: what each GGUF family fixes in the Config and how its tensors are laid out
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Arch:
+    hf_architecture: str
+    permute_qk: bool = False
+    """llama.cpp's converter interleaved the rotary halves of Q/K rows (the `llama` arch)."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Config fields every model of this family has."""
+    norm_plus_one: bool = False
+    """Norm weights are stored as `1 + w` (Gemma)."""
+    fused_qkv: bool = False
+    """Q, K and V are one `attn_qkv` tensor, rows [q; k; v]."""
+    fused_gate_up: bool = False
+    """`ffn_up` holds [gate; up] (Phi-3)."""
+
+
+_LLAMA = _Arch("LlamaForCausalLM", permute_qk=True)
+_ARCHS: dict[str, _Arch] = {
+    "llama": _LLAMA,  # also Mistral, TinyLlama, SmolLM, Llama 2/3 (llama.cpp writes them as llama)
+    "mistral": _Arch("MistralForCausalLM", permute_qk=True),
+    "qwen2": _Arch("Qwen2ForCausalLM"),
+    "qwen3": _Arch("Qwen3ForCausalLM"),
+    "gemma2": _Arch(
+        "Gemma2ForCausalLM",
+        norm_plus_one=True,
+        fixed={"norm_unit_offset": True, "activation": "gelu_tanh", "scale_embeddings": True,
+               "sliding_window_pattern": 2},
+    ),
+    "phi3": _Arch("Phi3ForCausalLM", fused_qkv=True, fused_gate_up=True),
+    "gpt2": _Arch(
+        "GPT2LMHeadModel",
+        fused_qkv=True,
+        fixed={"norm_class": "layernorm", "mlp_class": "mlp", "activation": "gelu_tanh",
+               "position_embedding": "learned"},
+    ),
+}
+
+# GGUF tensor name stems <-> our key stems (biases follow the weights: `.weight` / `.bias`)
+_TOP = {"token_embd": "embed_tokens", "position_embd": "embed_positions", "output_norm": "norm", "output": "lm_head"}
+_BLOCK = {
+    "attn_norm": "attn_norm",
+    "ffn_norm": "mlp_norm",
+    "post_attention_norm": "post_attn_norm",
+    "post_ffw_norm": "post_mlp_norm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_INV = {v: k for k, v in _BLOCK.items()}
+_TOP_INV = {v: k for k, v in _TOP.items()}
+_BLK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_TOP_RE = re.compile(r"(\w+)\.(weight|bias)$")
+_OUR_BLK_RE = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Q/K row permutation (llama.cpp's rotary layout)
+# ---------------------------------------------------------------------------------------------
+def _to_interleaved(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF rows per head [x0..x(h/2-1), y0..y(h/2-1)] -> llama.cpp rows [x0, y0, x1, y1, …]."""
+    rest = w.shape[1:]
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+def _from_interleaved(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Inverse of `_to_interleaved`: llama.cpp rows back to the HF half-split layout."""
+    rest = w.shape[1:]
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+def _open_reader(path: Path):
+    import gguf
+
+    if not path.is_file():
+        raise GGUFError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad bytes
+        raise GGUFError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
+
+
+class _Meta:
+    """Typed access to a reader's key/value metadata."""
+
+    def __init__(self, reader, path: Path) -> None:
+        self.fields = reader.fields
+        self.path = path
+
+    def get(self, key: str, default: Any = None) -> Any:
+        f = self.fields.get(key)
+        if f is None:
+            return default
+        try:
+            return f.contents()
+        except Exception as e:
+            raise GGUFError(f"{self.path}: unreadable metadata {key!r} ({e})") from None
+
+    def int(self, key: str, default: int | None = None) -> int | None:
+        v = self.get(key, default)
+        if isinstance(v, list):  # some archs store per-layer lists; lmforge needs one value
+            if len(set(v)) != 1:
+                raise GGUFError(f"{self.path}: per-layer {key}={v[:8]}… is not supported (needs one value)")
+            v = v[0]
+        return None if v is None else int(v)
+
+    def require(self, key: str) -> int:
+        v = self.int(key)
+        if v is None:
+            raise GGUFError(f"{self.path}: metadata key {key!r} is missing")
+        return v
+
+
+def load_gguf(
+    path: str | Path, dtype: torch.dtype | str | None = None
+) -> tuple[Config, dict[str, torch.Tensor], Tokenizer | None]:
+    """Load a GGUF model file into an lmforge config and state dict (HF tensor layout).
+
+    Any tensor type the `gguf` package can dequantize (F32, F16, BF16, Q4_0…Q8_0, K-quants…) is
+    accepted; the result holds plain floating-point tensors.
+
+    Args:
+        path: The `.gguf` file.
+        dtype: dtype of the returned tensors (`torch.bfloat16`, `"float16"` …); default float32.
+
+    Returns:
+        `(config, state_dict, tokenizer)`; the tokenizer is None when the file holds none (or
+        `lmforge.tokenizer` cannot build one). With a tied head, `lm_head.weight` is absent.
+
+    Raises:
+        GGUFError: missing, non-GGUF, truncated or corrupt file; unsupported architecture or tensor.
+    """
+    import torch
+
+    path = Path(path)
+    reader = _open_reader(path)
+    meta = _Meta(reader, path)
+    arch_name = meta.get("general.architecture")
+    if arch_name not in _ARCHS:
+        raise GGUFError(
+            f"{path}: GGUF architecture {arch_name!r} is not supported (supported: {', '.join(_ARCHS)})"
+        )
+    arch = _ARCHS[arch_name]
+    tensors = {t.name: t for t in reader.tensors}
+    config = _config_from_gguf(meta, arch_name, arch, tensors)
+    out_dtype = _torch_dtype(dtype)
+
+    state: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name == "rope_freqs.weight":  # consumed by the config (llama 3 rope scaling)
+            continue
+        for key, value in _tensor_to_ours(name, _dequantize(t, path), config, arch, path):
+            state[key] = value.to(out_dtype)
+    _check_state_dict(state, config, path)
+    has_vocab = "tokenizer.ggml.tokens" in reader.fields
+    del reader, tensors  # release the memory map before the tokenizer reads the file again
+    return config, state, _load_tokenizer(path) if has_vocab else None
+
+
+def _torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"f32": "float32", "fp32": "float32", "f16": "float16", "fp16": "float16", "bf16": "bfloat16"}
+    name = aliases.get(str(dtype), str(dtype).removeprefix("torch."))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise GGUFError(f"dtype {dtype!r} is not a floating-point torch dtype")
+    return value
+
+
+def _dequantize(t, path: Path) -> torch.Tensor:
+    """One GGUF tensor as an fp32 torch tensor in row-major (HF) shape."""
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+
+    try:
+        # a plain ndarray view: numpy.memmap's per-slice bookkeeping makes dequantizing ~2x slower
+        data = dequantize(t.data.view(np.ndarray), t.tensor_type)
+    except NotImplementedError as e:
+        raise GGUFError(f"{path}: tensor {t.name!r}: {e}") from None
+    except Exception as e:
+        raise GGUFError(f"{path}: truncated or corrupt GGUF file (tensor {t.name!r}: {e})") from None
+    shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+    # F32 comes back as a view of the read-only memory map: copy it into memory we own.
+    arr = np.ascontiguousarray(data, dtype=np.float32).reshape(shape)
+    if not arr.flags.writeable or arr.base is not None:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+def _config_from_gguf(meta: _Meta, arch_name: str, arch: _Arch, tensors: dict) -> Config:
+    p, path = arch_name, meta.path
+    if meta.int(f"{p}.expert_count", 0):
+        raise GGUFError(f"{path}: mixture-of-experts GGUF files are not supported yet")
+    if "token_embd.weight" not in tensors:
+        raise GGUFError(f"{path}: tensor 'token_embd.weight' is missing")
+    vocab_size = int(tensors["token_embd.weight"].shape[1])
+    n_embd = meta.require(f"{p}.embedding_length")
+    n_head = meta.require(f"{p}.attention.head_count")
+    head_size = meta.int(f"{p}.attention.key_length") or n_embd // n_head
+    rope_dims = meta.int(f"{p}.rope.dimension_count") or head_size
+    eps = meta.get(f"{p}.attention.layer_norm_rms_epsilon", meta.get(f"{p}.attention.layer_norm_epsilon", 1e-5))
+    q_norm = tensors.get("blk.0.attn_q_norm.weight")
+    fields: dict[str, Any] = dict(
+        name=meta.get("general.name") or path.stem,
+        hf_architecture=arch.hf_architecture,
+        vocab_size=vocab_size,
+        n_layer=meta.require(f"{p}.block_count"),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_query_groups=meta.int(f"{p}.attention.head_count_kv") or n_head,
+        head_size=head_size,
+        intermediate_size=meta.require(f"{p}.feed_forward_length"),
+        block_size=meta.int(f"{p}.context_length") or 2048,
+        norm_eps=float(eps),
+        rope_base=float(meta.get(f"{p}.rope.freq_base", 10000.0)),
+        rotary_percentage=rope_dims / head_size,
+        # optional tensors tell which biases / extra norms the family has
+        attn_bias="blk.0.attn_q.bias" in tensors or "blk.0.attn_qkv.bias" in tensors,
+        attn_out_bias="blk.0.attn_output.bias" in tensors,
+        mlp_bias="blk.0.ffn_up.bias" in tensors,
+        lm_head_bias="output.bias" in tensors,
+        norm_bias="output_norm.bias" in tensors,
+        qk_norm=None if q_norm is None else ("head" if int(q_norm.shape[0]) == head_size else "full"),
+        post_norm="blk.0.post_attention_norm.weight" in tensors,
+        tie_embeddings="output.weight" not in tensors,
+        bos_token_id=meta.int("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.int("tokenizer.ggml.eos_token_id"),
+        pad_token_id=meta.int("tokenizer.ggml.padding_token_id"),
+        rope_scaling=_rope_scaling(meta, p, tensors, head_size, rope_dims),
+    )
+    fields.update(arch.fixed)
+    if arch_name == "gemma2":
+        fields["attn_logit_softcap"] = meta.get(f"{p}.attn_logit_softcapping")
+        fields["final_logit_softcap"] = meta.get(f"{p}.final_logit_softcapping")
+        # llama.cpp's rule: Gemma 2 27B (46 layers) scales scores by n_embd/n_head, the others by head_size
+        fields["attn_scale_base"] = n_embd / n_head if fields["n_layer"] == 46 else None
+    window = meta.int(f"{p}.attention.sliding_window")
+    if window and arch_name in ("gemma2", "phi3"):
+        fields["sliding_window"] = window
+    if arch_name == "gpt2":
+        fields["rope_scaling"] = None
+    try:
+        return Config(**fields)
+    except LmforgeError as e:
+        raise GGUFError(f"{path}: inconsistent GGUF metadata ({e})") from None
+
+
+def _rope_scaling(meta: _Meta, p: str, tensors: dict, head_size: int, rope_dims: int) -> dict | None:
+    kind = meta.get(f"{p}.rope.scaling.type")
+    if "rope_freqs.weight" in tensors:
+        return _llama3_scaling_from_freqs(meta, tensors["rope_freqs.weight"], rope_dims)
+    if kind in (None, "none"):
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(meta.get(f"{p}.rope.scaling.factor"))}
+    raise GGUFError(f"{meta.path}: rope scaling type {kind!r} is not supported (supported: linear, llama3)")
+
+
+def _llama3_scaling_from_freqs(meta: _Meta, t, rope_dims: int) -> dict:
+    """Recover Llama 3.x rope scaling parameters from llama.cpp's `rope_freqs` tensor.
+
+    llama.cpp stores the per-frequency divisors instead of the parameters; every released Llama 3.x
+    uses low/high frequency factors 1/4 and an 8192-token original context, with factor 8 or 32.
+    """
+    import torch
+
+    stored = _dequantize(t, meta.path).double()
+    base = float(meta.get("llama.rope.freq_base", 10000.0))
+    inv_freq = 1.0 / (base ** (torch.arange(0, rope_dims, 2, dtype=torch.float64) / rope_dims))
+    for factor in (8.0, 16.0, 32.0, 4.0, 2.0):
+        params = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}
+        if torch.allclose(inv_freq / _llama3_inv_freq(inv_freq, params), stored, rtol=1e-3):
+            return params
+    raise GGUFError(f"{meta.path}: tensor 'rope_freqs.weight' holds rope scaling lmforge cannot express")
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    """Llama 3 frequency scaling (the same rule as `lmforge.model.rope_inv_freq`), in float64."""
+    import torch
+
+    factor, low, high, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old / high) & (wavelen <= old / low)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def _tensor_to_ours(name: str, w: torch.Tensor, config: Config, arch: _Arch, path: Path):
+    """Yield `(our_key, tensor)` pairs for one GGUF tensor (fused tensors yield several)."""
+    m = _BLK_RE.match(name)
+    if m is None:
+        top = _TOP_RE.match(name)
+        stem = top and _TOP.get(top.group(1))
+        if stem is None:
+            raise GGUFError(f"{path}: unexpected tensor {name!r} for this architecture")
+        if arch.norm_plus_one and stem == "norm":
+            w = w - 1.0
+        yield f"{stem}.{top.group(2)}", w
+        return
+    i, stem, kind = m.group(1), m.group(2), m.group(3)
+    prefix = f"layers.{i}."
+    hs, nh, ng = config.head_size, config.n_head, config.n_query_groups
+    if stem == "attn_qkv" and arch.fused_qkv:
+        q, k, v = w.split([nh * hs, ng * hs, ng * hs], dim=0)
+        yield from ((f"{prefix}self_attn.{n}.{kind}", x) for n, x in (("q_proj", q), ("k_proj", k), ("v_proj", v)))
+        return
+    if stem == "ffn_up" and arch.fused_gate_up and w.shape[0] == 2 * config.intermediate_size:
+        gate, up = w.chunk(2, dim=0)
+        yield f"{prefix}mlp.gate_proj.{kind}", gate
+        yield f"{prefix}mlp.up_proj.{kind}", up
+        return
+    ours = _BLOCK.get(stem)
+    if ours is None:
+        raise GGUFError(f"{path}: unexpected tensor {name!r} for this architecture")
+    if arch.permute_qk and stem in ("attn_q", "attn_k"):
+        w = _from_interleaved(w, nh if stem == "attn_q" else ng)
+    if arch.norm_plus_one and stem.endswith("norm"):
+        w = w - 1.0
+    yield f"{prefix}{ours}.{kind}", w
+
+
+def _expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of `GPT(config)` (built on the meta device: no memory, no init)."""
+    import torch
+
+    from lmforge.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def _check_state_dict(state: dict[str, torch.Tensor], config: Config, path: Path) -> None:
+    expected = _expected_shapes(config)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise GGUFError(f"{path}: tensor for {missing[0]!r} is missing ({len(missing)} missing in all)")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise GGUFError(f"{path}: {key} has shape {tuple(state[key].shape)}, the metadata implies {shape}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise GGUFError(f"{path}: tensor {extra[0]!r} does not fit the architecture in the metadata")
+
+
+def _load_tokenizer(path: Path) -> Tokenizer | None:
+    try:
+        from lmforge.tokenizer import Tokenizer
+
+        from_gguf = Tokenizer.from_gguf
+    except (ImportError, AttributeError):  # tokenizer module not available in this build
+        return None
+    return from_gguf(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def _export_arch(config: Config) -> str:
+    """The GGUF architecture that expresses `config`, or a GGUFError naming what cannot be exported."""
+    c = config
+    problems = [
+        (c.position_embedding != "rope", "learned position embeddings"),
+        (c.parallel_residual, "parallel residual blocks"),
+        (not c.pre_norm, "blocks without pre-norms"),
+        (c.post_norm, "post-sublayer norms"),
+        (c.norm_class != "rmsnorm", f"norm_class={c.norm_class!r}"),
+        (c.norm_unit_offset, "unit-offset norms"),
+        (c.mlp_class != "gated", f"mlp_class={c.mlp_class!r}"),
+        (c.activation != "silu", f"activation={c.activation!r}"),
+        (c.attn_out_bias, "a bias on the attention output projection"),
+        (c.mlp_bias, "MLP biases"),
+        (c.lm_head_bias, "an output-head bias"),
+        (c.attn_logit_softcap is not None, "attention logit soft-capping"),
+        (c.final_logit_softcap is not None, "final logit soft-capping"),
+        (c.scale_embeddings, "scaled embeddings"),
+        (c.attn_scale_base is not None and c.attn_scale_base != c.head_size, "a custom attention scale"),
+        (c.rotary_percentage != 1.0, "partial rotary embeddings"),
+        (c.qk_norm == "full", "qk_norm='full'"),
+        (c.qk_norm == "head" and c.attn_bias, "qk_norm together with attention biases"),
+        (c.sliding_window is not None and c.sliding_window < c.block_size, "sliding-window attention"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise GGUFError(f"cannot export {c.name!r} to GGUF: {what} cannot be expressed by llama.cpp's "
+                            f"llama/qwen2/qwen3 architectures")
+    kind = (c.rope_scaling or {}).get("rope_type", (c.rope_scaling or {}).get("type", "default"))
+    if kind not in ("default", "linear", "llama3"):
+        raise GGUFError(f"cannot export {c.name!r} to GGUF: rope scaling {kind!r} is not supported")
+    if c.qk_norm == "head":
+        return "qwen3"
+    if c.attn_bias:
+        return "qwen2"
+    return "llama"
+
+
+def export_gguf(
+    state_dict: dict[str, torch.Tensor],
+    config: Config,
+    out_path: str | Path,
+    tokenizer: Tokenizer | None = None,
+    dtype: str = "f16",
+) -> Path:
+    """Write a model as a GGUF file that llama.cpp (and transformers) load.
+
+    Llama-family configs become GGUF arch `llama` (Q/K rows permuted to llama.cpp's rotary
+    layout), configs with q/k/v biases `qwen2`, configs with per-head q/k norms `qwen3`.
+
+    Args:
+        state_dict: Our state dict (`GPT.state_dict()` or a loaded one).
+        config: Its config.
+        out_path: The `.gguf` file to write (atomically).
+        tokenizer: Written into the file's `tokenizer.*` metadata when given.
+        dtype: `"f16"` (2-D weights in float16, norms and biases in float32, like llama.cpp) or `"f32"`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        GGUFError: the config uses a feature these GGUF architectures cannot express, or the state
+            dict does not match the config.
+    """
+    import gguf
+
+    from lmforge._io import atomic_write
+
+    if dtype not in ("f16", "f32"):
+        raise GGUFError(f"export dtype {dtype!r} is not supported (use 'f16' or 'f32')")
+    arch = _export_arch(config)
+    tensors = dict(_tensors_to_gguf(state_dict, config, arch, dtype))
+    tok_fields = _tokenizer_fields(tokenizer) if tokenizer is not None else None
+    out_path = Path(out_path)
+
+    def write(tmp: Path) -> None:
+        w = gguf.GGUFWriter(tmp, arch)
+        _write_metadata(w, config, arch, dtype)
+        if tok_fields is not None:
+            _write_tokenizer(w, tok_fields)
+        for name, arr in tensors.items():
+            w.add_tensor(name, arr)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    atomic_write(out_path, write)
+    return out_path
+
+
+def _write_metadata(w, config: Config, arch: str, dtype: str) -> None:
+    import gguf
+
+    c = config
+    w.add_name(c.name)
+    w.add_context_length(c.block_size)
+    w.add_embedding_length(c.n_embd)
+    w.add_block_count(c.n_layer)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.n_head)
+    w.add_head_count_kv(c.n_query_groups)
+    if c.head_size != c.n_embd // c.n_head:
+        w.add_key_length(c.head_size)
+        w.add_value_length(c.head_size)
+    w.add_rope_dimension_count(c.rope_n_elem)
+    w.add_rope_freq_base(float(c.rope_base))
+    w.add_layer_norm_rms_eps(float(c.norm_eps))
+    w.add_vocab_size(c.vocab_size)
+    scaling = c.rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    for key, value in (("bos", c.bos_token_id), ("eos", c.eos_ids[0] if c.eos_ids else None),
+                       ("padding", c.pad_token_id)):
+        if value is not None:
+            w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
+
+
+def _tensors_to_gguf(state: dict[str, torch.Tensor], config: Config, arch: str, dtype: str):
+    """Yield `(gguf_name, numpy array)` in llama.cpp's order and layout."""
+    import numpy as np
+    import torch
+
+    expected = _expected_shapes(config)
+    keys = [k for k in state if not (config.tie_embeddings and k == "lm_head.weight")]
+    unknown = sorted(set(keys) - set(expected))
+    if unknown:
+        raise GGUFError(f"state dict key {unknown[0]!r} does not belong to config {config.name!r}")
+    missing = sorted(set(expected) - set(keys))
+    if missing:
+        raise GGUFError(f"state dict lacks {missing[0]!r} needed by config {config.name!r}")
+
+    def gguf_name(key: str) -> str:
+        m = _OUR_BLK_RE.match(key)
+        if m:
+            return f"blk.{m.group(1)}.{_BLOCK_INV[m.group(2)]}.{m.group(3)}"
+        stem, kind = key.rsplit(".", 1)
+        return f"{_TOP_INV[stem]}.{kind}"
+
+    def order(key: str) -> tuple:
+        m = _OUR_BLK_RE.match(key)
+        if m:
+            return (1, int(m.group(1)), key)
+        return (0 if key.startswith("embed") else 2, 0, key)
+
+    for key in sorted(keys, key=order):
+        w = state[key].detach().to("cpu", torch.float32)
+        if tuple(w.shape) != expected[key]:
+            raise GGUFError(f"state dict {key} has shape {tuple(w.shape)}, config {config.name!r} needs {expected[key]}")
+        name = gguf_name(key)
+        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+            w = _to_interleaved(w, config.n_head if ".attn_q." in name else config.n_query_groups)
+        # llama.cpp keeps 1-D tensors (norms, biases) in f32 whatever the file type
+        np_dtype = np.float16 if dtype == "f16" and w.dim() > 1 else np.float32
+        yield name, np.ascontiguousarray(w.numpy().astype(np_dtype))
+    scaling = config.rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+        # llama.cpp reads Llama 3 scaling as per-frequency divisors (`rope_freqs`), not parameters
+        from lmforge.model import rope_inv_freq
+
+        plain = Config(**{**config.__dict__, "rope_scaling": None})
+        divisors = rope_inv_freq(plain) / rope_inv_freq(config)
+        yield "rope_freqs.weight", divisors.numpy().astype(np.float32)
+
+
+def _tokenizer_fields(tokenizer: Tokenizer) -> dict[str, Any]:
+    """The `tokenizer.*` GGUF metadata for an lmforge Tokenizer (whatever it can describe)."""
+    to_gguf = getattr(tokenizer, "gguf_metadata", None)
+    if to_gguf is None:
+        raise GGUFError("this Tokenizer cannot describe itself as GGUF metadata (no gguf_metadata())")
+    return dict(to_gguf())
+
+
+def _write_tokenizer(w, fields: dict[str, Any]) -> None:
+    import gguf
+
+    for key, value in fields.items():
+        if key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                   "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id"):
+            # the model metadata may already carry the id; the tokenizer's wins
+            w.kv_data[0].pop(key, None)
+            w.add_uint32(key, int(value))
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif isinstance(value, (list, tuple)):
+            if key == "tokenizer.ggml.token_type":
+                w.add_array(key, [int(gguf.TokenType(v)) for v in value])
+            else:
+                w.add_array(key, list(value))
+        else:
+            raise GGUFError(f"tokenizer metadata {key!r} has unsupported type {type(value).__name__}")

@@ -80,8 +80,9 @@ def get_config(name: str, **overrides: Any) -> Config:
     Args:
         name: A registry name (case-insensitive) or alias, e.g. `"gpt2"`, `"Llama-3.1-8B"`.
         **overrides: `Config` fields to change, e.g. `n_layer=2` for a shallow test model.
-            Changing `n_embd`/`n_head` re-derives `head_size` (and `n_query_groups` for
-            multi-head models) when the named config had them derived and they are not given.
+            Changing `n_embd`/`n_head` re-derives `head_size`, `n_query_groups` (multi-head
+            models) and `intermediate_size` (4 * n_embd) where the named config had them
+            derived and the overrides do not set them.
 
     Returns:
         A new `Config`; mutating it does not touch the registry.
@@ -97,12 +98,14 @@ def get_config(name: str, **overrides: Any) -> Config:
         raise ConfigError(f"get_config({base.name!r}): unknown override {unknown[0]!r}{hint}")
     values = {f.name: copy.deepcopy(getattr(base, f.name)) for f in dataclasses.fields(Config)}
     if "n_embd" in overrides or "n_head" in overrides:
-        # re-derive what the named config derived (head_size = n_embd // n_head, MHA kv heads),
-        # so `n_embd=128, n_head=4` on gpt2 gives head_size 32, not the stale 64
+        # re-derive what the named config derived (head_size = n_embd // n_head, MHA kv heads,
+        # intermediate = 4 * n_embd), so `n_embd=128, n_head=4` on gpt2 gives head_size 32, not 64
         if "head_size" not in overrides and base.head_size * base.n_head == base.n_embd:
             values["head_size"] = None
         if "n_query_groups" not in overrides and base.n_query_groups == base.n_head:
             values["n_query_groups"] = None
+    if "n_embd" in overrides and "intermediate_size" not in overrides and base.intermediate_size == 4 * base.n_embd:
+        values["intermediate_size"] = None
     values.update(overrides)
     try:
         return Config(**values)

@@ -32,7 +32,8 @@ class SamplingParams:
         repetition_penalty: > 1 discourages tokens already in the prompt or output (1.0: off).
         seed: Seed of this request's random generator (None: non-deterministic).
         stop: Strings that end the generation (not included in the output).
-        ignore_eos: Keep generating past EOS (benchmarks).
+        stop_token_ids: Extra token ids that end the generation like EOS (e.g. a chat style's end of turn).
+        ignore_eos: Keep generating past EOS and stop_token_ids (benchmarks).
     """
 
     max_new_tokens: int = 256
@@ -43,12 +44,14 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
+        self.stop_token_ids = [int(t) for t in self.stop_token_ids or []]
         self.validate()
 
     def validate(self) -> None:

@@ -155,12 +155,14 @@ class ServerMetrics:
         self.tokens_per_second = Histogram(p + "request_tokens_per_second",
                                            "Decode speed of each finished request (tokens after the first / time).",
                                            RATE_BUCKETS)
+        self.batch_size = Histogram(p + "step_batch_size", "Requests served by each engine step (continuous batching).",
+                                    (1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.duration = Histogram(p + "request_duration_seconds", "Time from arrival to the last token.", LATENCY_BUCKETS)
 
     def render(self) -> str:
         metrics = [self.requests, self.generation_requests, self.rejected, self.prompt_tokens, self.generated_tokens,
                    self.queue_depth, self.active_slots, self.max_slots, self.ttft, self.itl,
-                   self.tokens_per_second, self.duration]
+                   self.tokens_per_second, self.batch_size, self.duration]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"
 
 

@@ -232,6 +232,8 @@ class EngineWorker:
             return
         now = time.monotonic()
         m = self.metrics
+        if events:
+            m.batch_size.observe(len(events))
         for ev in events:
             handle = self._handles.get(ev.request_id)
             if handle is None or handle.finished:

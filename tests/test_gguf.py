@@ -1,0 +1,365 @@
+"""GGUF import/export: round trips, llama.cpp layout, transformers parity, the real SmolLM2 file, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from lmforge.config import Config
+from lmforge.convert.gguf import export_gguf, load_gguf
+from lmforge.errors import LmforgeError
+from lmforge.model import GPT
+
+TINY = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128,
+            block_size=64, norm_eps=1e-6, rope_base=10000.0)
+FAMILIES = {
+    "llama": dict(),
+    "llama_tied": dict(tie_embeddings=True),
+    "qwen2": dict(attn_bias=True, hf_architecture="Qwen2ForCausalLM"),
+    # transformers' Qwen3 GGUF loader assumes head_dim 128 (it ignores attention.key_length)
+    "qwen3": dict(qk_norm="head", head_size=128, hf_architecture="Qwen3ForCausalLM"),
+}
+
+
+def _tiny_model(family: str, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(Config(name=f"tiny-{family}", **TINY, **FAMILIES[family]))
+    model.init_weights(std=0.2)
+    with torch.no_grad():  # non-trivial norms and biases, so a mix-up of any of them shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(1.0 if "norm" in name else 0.0, 0.2)
+    return model.eval()
+
+
+def _from_state(config: Config, state: dict) -> GPT:
+    model = GPT(config)
+    model.load_state_dict(state, strict=not config.tie_embeddings)
+    return model.eval()
+
+
+def _ids(batch: int = 2, length: int = 19) -> torch.Tensor:
+    return torch.randint(0, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# round trips lmforge -> gguf -> lmforge
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_round_trip_f32_is_exact(family, tmp_path):
+    model = _tiny_model(family)
+    path = export_gguf(model.state_dict(), model.config, tmp_path / "m.gguf", dtype="f32")
+    config, state, tokenizer = load_gguf(path)
+    assert tokenizer is None  # no tokenizer was written
+    for field in ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size",
+                  "block_size", "attn_bias", "qk_norm", "tie_embeddings", "rope_base", "rotary_percentage"):
+        assert getattr(config, field) == getattr(model.config, field), field
+    assert config.norm_eps == pytest.approx(model.config.norm_eps)
+    assert ("lm_head.weight" in state) == (not model.config.tie_embeddings)
+    for key, value in state.items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(_from_state(config, state)(_ids()), model(_ids()), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_round_trip_f16_matches_f16_rounded_weights(family, tmp_path):
+    model = _tiny_model(family)
+    path = export_gguf(model.state_dict(), model.config, tmp_path / "m.gguf", dtype="f16")
+    config, state, _ = load_gguf(path)
+    rounded = _tiny_model(family)
+    with torch.no_grad():  # what llama.cpp's f16 files hold: 2-D weights in f16, norms and biases in f32
+        for p in rounded.parameters():
+            if p.dim() > 1:
+                p.copy_(p.half().float())
+    loaded = _from_state(config, state)
+    with torch.no_grad():
+        ours, ref, full = loaded(_ids()), rounded(_ids()), model(_ids())
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, full, atol=2e-2, rtol=2e-2)  # f16 keeps ~3 significant digits
+    assert not torch.equal(ours, full)  # the weights really went through f16
+
+
+def test_load_dtype(tmp_path):
+    model = _tiny_model("llama")
+    path = export_gguf(model.state_dict(), model.config, tmp_path / "m.gguf", dtype="f32")
+    _, state, _ = load_gguf(path, dtype="bfloat16")
+    assert {v.dtype for v in state.values()} == {torch.bfloat16}
+    _, state, _ = load_gguf(path, dtype=torch.float16)
+    assert {v.dtype for v in state.values()} == {torch.float16}
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+])
+def test_rope_scaling_round_trip(scaling, tmp_path):
+    torch.manual_seed(0)
+    config = Config(**{**TINY, "n_embd": 256, "n_head": 2, "n_query_groups": 1, "rope_base": 500000.0},
+                    rope_scaling=scaling)
+    model = GPT(config)
+    model.init_weights()
+    path = export_gguf(model.state_dict(), config, tmp_path / "m.gguf", dtype="f32")
+    loaded, _, _ = load_gguf(path)
+    assert loaded.rope_scaling == scaling
+    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    assert ("rope_freqs.weight" in names) == (scaling["rope_type"] == "llama3")
+
+
+# ---------------------------------------------------------------------------------------------
+# the file is what llama.cpp expects
+# ---------------------------------------------------------------------------------------------
+def _llama_cpp_names(arch: gguf.MODEL_ARCH, n_layer: int) -> set[str]:
+    """Every tensor name gguf-py (llama.cpp's own table) allows for `arch`."""
+    names = set()
+    for t in gguf.MODEL_TENSORS[arch]:
+        template = gguf.TENSOR_NAMES[t]
+        for i in range(n_layer):
+            names |= {f"{template.format(bid=i)}.weight", f"{template.format(bid=i)}.bias"}
+    return names
+
+
+@pytest.mark.parametrize("family,arch", [("llama", "llama"), ("llama_tied", "llama"), ("qwen2", "qwen2"),
+                                         ("qwen3", "qwen3")])
+def test_exported_file_layout(family, arch, tmp_path):
+    model = _tiny_model(family)
+    c = model.config
+    path = export_gguf(model.state_dict(), c, tmp_path / "m.gguf", dtype="f16")
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items()}
+    assert meta["general.architecture"] == arch
+    expected_meta = {
+        "context_length": c.block_size, "embedding_length": c.n_embd, "block_count": c.n_layer,
+        "feed_forward_length": c.intermediate_size, "attention.head_count": c.n_head,
+        "attention.head_count_kv": c.n_query_groups, "rope.dimension_count": c.head_size,
+        "vocab_size": c.vocab_size,
+    }
+    for key, value in expected_meta.items():
+        assert meta[f"{arch}.{key}"] == value, key
+    assert meta[f"{arch}.rope.freq_base"] == pytest.approx(c.rope_base)
+    assert meta[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps)
+    assert meta["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
+    if c.head_size != c.n_embd // c.n_head:
+        assert meta[f"{arch}.attention.key_length"] == c.head_size
+
+    tensors = {t.name: t for t in reader.tensors}
+    per_layer = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+    if c.qk_norm:
+        per_layer += ["attn_q_norm", "attn_k_norm"]
+    expected = {"token_embd.weight", "output_norm.weight"} | {
+        f"blk.{i}.{n}.weight" for i in range(c.n_layer) for n in per_layer}
+    if not c.tie_embeddings:
+        expected.add("output.weight")
+    if c.attn_bias:
+        expected |= {f"blk.{i}.attn_{n}.bias" for i in range(c.n_layer) for n in "qkv"}
+    assert set(tensors) == expected
+    assert set(tensors) <= _llama_cpp_names(gguf.MODEL_ARCH[arch.upper()], c.n_layer)
+    # ggml order: fastest dimension first; 2-D weights f16, norms and biases f32 (as llama.cpp writes them)
+    assert tensors["token_embd.weight"].shape.tolist() == [c.n_embd, c.vocab_size]
+    assert tensors["blk.0.attn_k.weight"].shape.tolist() == [c.n_embd, c.n_query_groups * c.head_size]
+    assert tensors["blk.0.ffn_down.weight"].shape.tolist() == [c.intermediate_size, c.n_embd]
+    for name, t in tensors.items():
+        want = gguf.GGMLQuantizationType.F16 if len(t.shape) == 2 else gguf.GGMLQuantizationType.F32
+        assert t.tensor_type == want, name
+
+
+def test_llama_qk_rows_are_interleaved_per_head(tmp_path):
+    """llama.cpp's rotary pairs (2j, 2j+1) must hold HF's rows (j, j + head_size/2) of each head."""
+    model = _tiny_model("llama")
+    path = export_gguf(model.state_dict(), model.config, tmp_path / "m.gguf", dtype="f32")
+    stored = {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+    hs = model.config.head_size
+    for name, ours, heads in (("attn_q", "q_proj", model.config.n_head), ("attn_k", "k_proj", model.config.n_query_groups)):
+        w = model.state_dict()[f"layers.0.self_attn.{ours}.weight"].numpy()
+        g = stored[f"blk.0.{name}.weight"]
+        for h in range(heads):
+            np.testing.assert_array_equal(g[h * hs: (h + 1) * hs: 2], w[h * hs: h * hs + hs // 2])
+            np.testing.assert_array_equal(g[h * hs + 1: (h + 1) * hs: 2], w[h * hs + hs // 2: (h + 1) * hs])
+    # V and the other projections are stored as they are
+    np.testing.assert_array_equal(stored["blk.0.attn_v.weight"], model.state_dict()["layers.0.self_attn.v_proj.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers reads our files the way it reads llama.cpp's
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_transformers_loads_exported_gguf(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _tiny_model(family)
+    export_gguf(model.state_dict(), model.config, tmp_path / "tiny.gguf", dtype="f32")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
+    assert type(hf).__name__ == model.config.hf_architecture
+    with torch.no_grad():
+        torch.testing.assert_close(hf(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# export refuses what llama.cpp cannot express
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,feature", [
+    (dict(position_embedding="learned"), "learned position embeddings"),
+    (dict(parallel_residual=True), "parallel residual"),
+    (dict(final_logit_softcap=30.0), "final logit soft-capping"),
+    (dict(norm_class="layernorm"), "norm_class='layernorm'"),
+    (dict(mlp_class="mlp", activation="gelu"), "mlp_class='mlp'"),
+    (dict(rotary_percentage=0.5), "partial rotary"),
+])
+def test_export_rejects_unexpressible_configs(overrides, feature, tmp_path):
+    config = Config(name="odd", **{**TINY, **overrides})
+    model = GPT(config)
+    with pytest.raises(LmforgeError, match=f"cannot export 'odd' to GGUF: {feature}") as e:
+        export_gguf(model.state_dict(), config, tmp_path / "m.gguf")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_export_rejects_state_dict_of_another_config(tmp_path):
+    model = _tiny_model("llama")
+    other = Config(name="other", **{**TINY, "n_layer": 3})
+    with pytest.raises(LmforgeError, match="state dict lacks 'layers.2."):
+        export_gguf(model.state_dict(), other, tmp_path / "m.gguf")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def exported(tmp_path):
+    model = _tiny_model("llama")
+    return export_gguf(model.state_dict(), model.config, tmp_path / "good.gguf", dtype="f32")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LmforgeError, match=r"nope\.gguf: file not found"):
+        load_gguf(tmp_path / "nope.gguf")
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.5, 0.999])
+def test_truncated_file(exported, tmp_path, fraction):
+    data = exported.read_bytes()
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(data[: max(8, int(len(data) * fraction))])
+    with pytest.raises(LmforgeError, match=r"cut\.gguf: truncated or corrupt GGUF file \(") as e:
+        load_gguf(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_not_a_gguf_file(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text('{"model_type": "llama"}')
+    with pytest.raises(LmforgeError, match=r"model\.gguf: not a GGUF file"):
+        load_gguf(bad)
+
+
+def test_unknown_architecture(tmp_path):
+    path = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(path, "mamba")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(LmforgeError, match=r"mamba\.gguf: GGUF architecture 'mamba' is not supported"):
+        load_gguf(path)
+
+
+def test_tensor_not_matching_metadata(exported, tmp_path):
+    """A file whose tensors disagree with its metadata is refused, naming the tensor."""
+    reader = gguf.GGUFReader(exported)
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("llama."):
+            value = field.contents()
+            if key == "llama.feed_forward_length":
+                value = 96  # the tensors say 128
+            w.add_uint32(key, value) if isinstance(value, int) else w.add_float32(key, value)
+    for t in reader.tensors:
+        w.add_tensor(t.name, np.array(t.data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(LmforgeError, match=r"odd\.gguf: layers\.0\.mlp\.(gate|up|down)_proj\.weight has shape"):
+        load_gguf(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real SmolLM2-135M-Instruct (Q4_1 + Q8_0) file
+# ---------------------------------------------------------------------------------------------
+AUSTEN = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    "want of a wife. However little known the feelings or views of such a man may be on his first entering "
+    "a neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is "
+    "considered the rightful property of some one or other of their daughters."
+)
+
+
+@pytest.fixture(scope="session")
+def smollm2_file():
+    from lmforge.assets import fetch_asset
+
+    return fetch_asset("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_file):
+    config, state, _ = load_gguf(smollm2_file)
+    return config, _from_state(config, state)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_tokenizer(smollm2_file):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name)
+
+
+def _perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+    return math.exp(loss.item())
+
+
+@pytest.mark.slow
+def test_smollm2_matches_transformers(smollm2, smollm2_file, smollm2_hf_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config, model = smollm2
+    assert (config.n_layer, config.n_embd, config.n_head, config.n_query_groups) == (30, 576, 9, 3)
+    assert (config.vocab_size, config.rope_base, config.tie_embeddings) == (49152, 100000.0, True)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    ids = torch.tensor([smollm2_hf_tokenizer.encode(AUSTEN)])
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name,
+                                              dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours, ref = model(ids), hf(ids).logits
+    torch.testing.assert_close(ours, ref, atol=2e-3, rtol=0)
+    ppl, ref_ppl = _perplexity(ours, ids), _perplexity(ref, ids)
+    assert ppl == pytest.approx(ref_ppl, rel=1e-3)
+    assert 1.0 < ppl < 40.0
+
+
+@pytest.mark.slow
+def test_smollm2_answers_paris(smollm2, smollm2_hf_tokenizer):
+    config, model = smollm2
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    ids = smollm2_hf_tokenizer.encode(prompt)
+    cache = model.new_kv_cache(1, len(ids) + 32)
+    x, pos, out = torch.tensor([ids]), torch.arange(len(ids)), []
+    with torch.no_grad():
+        for _ in range(32):  # greedy decoding with the KV cache
+            nxt = int(model(x, input_pos=pos, cache=cache, logits_to_keep=1)[0, -1].argmax())
+            if nxt in config.eos_ids or nxt == smollm2_hf_tokenizer.convert_tokens_to_ids("<|im_end|>"):
+                break
+            out.append(nxt)
+            x, pos = torch.tensor([[nxt]]), pos[-1:] + 1
+    answer = smollm2_hf_tokenizer.decode(out)
+    assert "Paris" in answer, answer
+

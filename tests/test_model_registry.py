@@ -110,9 +110,38 @@ def test_round_trip_and_provenance(name):
     assert c.name == name and FAMILY[name] in FAMILY_MODULES
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_hf_config_round_trip(name):
+    # every named config is expressible as the HF config.json of its architecture
+    c = CONFIGS[name]
+    hf = c.to_hf()
+    assert hf["architectures"] == [c.hf_architecture]
+    assert Config.from_hf(hf) == dataclasses.replace(c, name=Config.from_hf(hf).name)
+
+
+def _smallest_per_architecture() -> list[Config]:
+    best: dict[str, Config] = {}
+    for c in CONFIGS.values():
+        if c.hf_architecture not in best or c.num_parameters() < best[c.hf_architecture].num_parameters():
+            best[c.hf_architecture] = c
+    return list(best.values())
+
+
+@pytest.mark.parametrize("config", _smallest_per_architecture(), ids=lambda c: c.name)
+def test_transformers_builds_the_same_parameter_count(config):
+    transformers = pytest.importorskip("transformers")
+    hf = config.to_hf()
+    hf_config = transformers.AutoConfig.for_model(**hf)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    assert type(model).__name__ == config.hf_architecture
+    assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
+
+
 def test_family_specific_fields():
     g = get_config("gemma-2-9b")
-    assert (g.sliding_window, g.sliding_window_pattern, g.head_size, g.attn_scale_base) == (4096, 2, 256, 256.0)
+    # query_pre_attn_scalar 256 == head_size: the default scale, stored as None (as from_hf reads it)
+    assert (g.sliding_window, g.sliding_window_pattern, g.head_size, g.attn_scale_base) == (4096, 2, 256, None)
     assert [g.layer_uses_sliding_window(i) for i in range(4)] == [True, False, True, False]
     assert (g.attn_logit_softcap, g.final_logit_softcap) == (50.0, 30.0)
     assert g.norm_unit_offset and g.scale_embeddings and g.post_norm and g.activation == "gelu_tanh"

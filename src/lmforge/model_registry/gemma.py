@@ -35,7 +35,8 @@ def _gemma2(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: i
         sliding_window_pattern=2,
         attn_logit_softcap=50.0,
         final_logit_softcap=30.0,
-        attn_scale_base=float(query_pre_attn_scalar),
+        # scores scale by query_pre_attn_scalar ** -0.5; None means head_size (as `from_hf` reads it)
+        attn_scale_base=None if query_pre_attn_scalar == head_size else float(query_pre_attn_scalar),
         scale_embeddings=True,
         tie_embeddings=True,
         bos_token_id=2,

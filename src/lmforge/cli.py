@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e.filename or e}: file not found")
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `lmforge models | head`: the reader left; exit quietly
+        sys.stderr.close()
+        os._exit(0)
     except Exception as e:  # a bug of ours: keep the traceback when asked
         if os.environ.get("LMFORGE_DEBUG"):
             raise

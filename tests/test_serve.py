@@ -25,6 +25,7 @@ from lmforge.api import LLM
 from lmforge.config import Config
 from lmforge.generate import generate
 from lmforge.model import GPT
+from lmforge.prompts import encode_chat, stop_tokens
 from lmforge.sampling import SamplingParams
 from lmforge.serve import Server
 from lmforge.serve.metrics import parse_metrics
@@ -100,17 +101,15 @@ def server(llm):
         yield srv
 
 
-def reference(llm: LLM, ids: list[int], max_new_tokens: int) -> tuple[str, int]:
+def reference(llm: LLM, ids: list[int], max_new_tokens: int, chat: bool = False) -> tuple[str, int]:
     """Greedy text and token count generated directly, one request at a time."""
-    out = generate(llm.model, llm.tokenizer, ids, SamplingParams(max_new_tokens=max_new_tokens))
+    stop_ids = stop_tokens(llm.tokenizer, llm.config) if chat else []
+    out = generate(llm.model, llm.tokenizer, ids, SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=stop_ids))
     return out.text, len(out.token_ids)
 
 
 def chat_ids(llm: LLM, messages: list[dict]) -> list[int]:
-    from lmforge.prompts import format_chat
-
-    text = format_chat(messages, llm.tokenizer, llm.config)
-    return text if isinstance(text, list) else llm.tokenizer.encode(text, bos=False)
+    return encode_chat(messages, llm.tokenizer, llm.config)
 
 
 def metrics(server) -> dict[str, float]:
@@ -144,7 +143,7 @@ def test_openai_chat_greedy_matches_generate(server, llm):
     c = client(server)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello world!"}]
     ids = chat_ids(llm, messages)
-    want, n = reference(llm, ids, 16)
+    want, n = reference(llm, ids, 16, chat=True)
     r = c.chat.completions.create(model="tiny-serve", messages=messages, max_tokens=16, temperature=0)
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == want
@@ -166,7 +165,7 @@ def test_predict_is_litgpt_compatible(server, llm):
     # greedy: the prompt is the model's chat template around one user turn, as LitGPT does
     r = requests.post(server.url + "/predict", json={"prompt": "Hello", "temperature": 0, "max_new_tokens": 10},
                       timeout=60)
-    want, _ = reference(llm, chat_ids(llm, [{"role": "user", "content": "Hello"}]), 10)
+    want, _ = reference(llm, chat_ids(llm, [{"role": "user", "content": "Hello"}]), 10, chat=True)
     assert r.json() == {"output": want}
 
 

@@ -232,6 +232,10 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     app.state.context = context
     _install_error_handlers(app)
     tok, config = llm.tokenizer, llm.config
+    from lmforge.prompts import stop_strings, stop_tokens
+
+    # a chat reply ends at the chat format's end of turn (e.g. <|im_end|>) as well as at EOS
+    chat_stop_ids, chat_stop_strings = stop_tokens(tok, config), stop_strings(tok, config)
 
     def worker() -> EngineWorker:
         w = state.get("worker")
@@ -263,19 +267,22 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
                                 f"of {context} tokens; lower {param}", param=param, code="context_length_exceeded")
         return requested
 
-    def sampling(body, n_prompt: int, max_tokens: int | None, max_param: str = "max_tokens") -> SamplingParams:
+    def sampling(body, n_prompt: int, max_tokens: int | None, max_param: str = "max_tokens",
+                 chat: bool = False) -> SamplingParams:
         if body.n != 1:
             raise APIError(400, f"n={body.n} is not supported; only n=1 (send several requests instead)", param="n")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(body, name) not in (None, 0, 0.0):
                 raise APIError(400, f"{name} is not supported (use repetition_penalty)", param=name)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if chat:
+            stop += chat_stop_strings
         return make_params(
             max_new_tokens=max_new_tokens(max_tokens, n_prompt, max_param),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p,
             min_p=body.min_p or 0.0, repetition_penalty=body.repetition_penalty or 1.0,
-            seed=body.seed, stop=stop, ignore_eos=body.ignore_eos)
+            seed=body.seed, stop=stop, ignore_eos=body.ignore_eos, stop_token_ids=chat_stop_ids if chat else [])
 
     # -- running a request -------------------------------------------------------------------------
     def submit(ids: list[int], params: SamplingParams) -> Handle:
@@ -352,12 +359,13 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         has one, and used as-is otherwise.
         """
         if tok.chat_template:
-            ids = chat_ids([{"role": "user", "content": body.prompt}])
+            ids, stops, stop_ids = chat_ids([{"role": "user", "content": body.prompt}]), chat_stop_strings, chat_stop_ids
         else:
-            ids = tok.encode(body.prompt)
+            ids, stops, stop_ids = tok.encode(body.prompt), [], []
         check_prompt(ids, "prompt")
         params = make_params(max_new_tokens=max_new_tokens(body.max_new_tokens, len(ids), "max_new_tokens"),
-                             temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
+                             temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, stop=stops,
+                             stop_token_ids=stop_ids)
         text, _ = await complete(request, ids, params)
         return {"output": text}
 
@@ -397,7 +405,7 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         ids = chat_ids([{"role": m.role, "content": m.text()} for m in body.messages])
         check_prompt(ids, "messages")
         max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        params = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens, max_param)
+        params = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens, max_param, chat=True)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -419,14 +427,14 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
                 "usage": usage(last)}
 
     def chat_ids(messages: list[dict[str, str]]) -> list[int]:
-        from lmforge.prompts import format_chat
+        from lmforge.prompts import encode_chat
 
+        # OpenAI's "developer" role is the newer name of "system"
+        messages = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
         try:
-            text = format_chat(messages, tok, config)
+            return encode_chat(messages, tok, config)
         except LmforgeError as e:
             raise APIError(400, f"cannot format the messages: {e}", param="messages") from None
-        # the template writes special tokens (BOS included) as text: add none here (as HF's apply_chat_template)
-        return list(text) if isinstance(text, list) else tok.encode(text, bos=False)
 
     def sse(ids: list[int], params: SamplingParams, body, on_event, first, usage_chunk) -> StreamingResponse:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -1,0 +1,1 @@
+"""Training data: `prepare` tokenizes a corpus into shards; `loader` serves training windows."""

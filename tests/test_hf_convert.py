@@ -369,3 +369,57 @@ def test_export_rejects_foreign_state_dict_keys(tmp_path: Path):
     sd = dict(GPT(config).state_dict(), **{"classifier.weight": torch.zeros(2, 64)})
     with pytest.raises(LmforgeError, match=r"'classifier.weight' has no place in a LlamaForCausalLM checkpoint"):
         export_hf(sd, config, tmp_path / "out")
+
+
+def test_export_rejects_replaced_head(tmp_path: Path):
+    config = Config(vocab_size=VOCAB)
+    model = GPT(config)
+    model.lm_head = torch.nn.Linear(64, 2, bias=False)  # a classifier
+    with pytest.raises(LmforgeError, match=r"'lm_head.weight' has shape \(2, 64\)"):
+        export_hf(model.state_dict(), config, tmp_path / "out")
+
+
+def test_gpt2_hub_layout_without_prefix_and_with_mask_buffers(tmp_path: Path):
+    """The original GPT-2 files name keys `h.0.…`/`wte.weight` and carry `attn.bias` causal masks."""
+    from safetensors.torch import save_file
+
+    hf = _hf_model("gpt2")
+    hf.config.save_pretrained(tmp_path)
+    state = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    idx = _ids()
+    config, sd = load_hf_checkpoint(tmp_path)
+    _assert_close(_our_logits(config, sd, idx), _hf_logits(hf, idx))
+
+
+def test_registry_style_configs_export():
+    """Equivalent spellings (explicit attn_scale_base, [eos]) are not mistaken for lost features."""
+    c = Config(hf_architecture="Gemma2ForCausalLM", head_size=32, attn_scale_base=32, eos_token_id=[1],
+               norm_unit_offset=True, post_norm=True, scale_embeddings=True, tie_embeddings=True,
+               activation="gelu_tanh", sliding_window=16, sliding_window_pattern=2)
+    hf = config_to_hf(c)
+    assert hf["query_pre_attn_scalar"] == 32 and hf["layer_types"] == ["sliding_attention", "full_attention"]
+
+
+def test_fused_experts_for_another_expert_count(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    hf = _hf_model("mixtral")
+    hf.config.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["num_local_experts"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LmforgeError, match=r"model.safetensors: key 'model.layers.0.mlp.(gate.weight|experts.\w+)'"):
+        load_hf_checkpoint(tmp_path)
+
+
+def test_modules_import_without_torch():
+    """Config loading and the converter table stay light (the CLI imports them at start-up)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lmforge.hf_config, lmforge.convert.hf; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

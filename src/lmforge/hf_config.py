@@ -528,12 +528,33 @@ def config_to_hf(config: Config, dtype: str | None = None) -> dict[str, Any]:
         hf["dtype"] = dtype  # transformers 5
         hf["torch_dtype"] = dtype  # transformers 4
     # read our own output back: whatever does not survive is a feature this architecture lacks
-    back = config_from_hf(hf, source=f"{name} config")
-    for f in dataclasses.fields(Config):
-        if f.name in ("name", "hf_source"):
-            continue
-        ours, theirs = getattr(config, f.name), getattr(back, f.name)
-        if ours != theirs:
-            raise ConfigError(f"{name} cannot express {f.name}={ours!r} (it would read back as {theirs!r}); "
+    ours, theirs = _behaviour(config), _behaviour(config_from_hf(hf, source=f"{name} config"))
+    for key, value in ours.items():
+        if value != theirs[key]:
+            raise ConfigError(f"{name} cannot express {key}={value!r} (it would read back as {theirs[key]!r}); "
                               "choose another hf_architecture or change the config")
     return hf
+
+
+def _behaviour(c: Config) -> dict[str, Any]:
+    """The fields that change what the model computes, with equivalent spellings made equal.
+
+    (`attn_scale_base=None` means the head size; a rope base is moot with learned positions …)
+    """
+    d = {f.name: getattr(c, f.name) for f in dataclasses.fields(Config) if f.name not in ("name", "hf_source")}
+    d["attn_scale_base"] = float(c.attn_scale_base or c.head_size)
+    d["sliding_window_pattern"] = [c.layer_uses_sliding_window(i) for i in range(c.n_layer)]
+    if not any(d["sliding_window_pattern"]):
+        d["sliding_window"] = None
+    if c.position_embedding == "learned":
+        d.update(rope_base=None, rope_scaling=None, rotary_percentage=None)
+    if c.norm_class == "rmsnorm":
+        d["norm_bias"] = None
+    if not c.parallel_residual:
+        d["shared_attention_norm"] = None
+    if c.mlp_class != "moe":
+        d.update(n_expert=None, n_expert_per_token=None)
+    for key in ("eos_token_id",):  # [2] and 2 name the same single id
+        if isinstance(d[key], (list, tuple)):
+            d[key] = list(d[key]) if len(d[key]) != 1 else d[key][0]
+    return d

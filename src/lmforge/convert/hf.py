@@ -81,34 +81,42 @@ def _qkv_sizes(c: Config) -> list[int]:
     return [c.n_head * c.head_size, c.n_query_groups * c.head_size, c.n_query_groups * c.head_size]
 
 
-def _rows(ours: tuple[str, ...], sizes: Callable[[Config], list[int]]) -> Transform:
-    """Our tensors stacked along dim 0 (Phi-3 `qkv_proj`/`gate_up_proj`, GPT-2 `c_attn.bias`)."""
+def _cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    import torch  # lazily: building the converter table must not import torch
+
+    return torch.cat(ts, dim=dim)
+
+
+def _stack(ts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     import torch
 
-    return Transform(ours, lambda t, c: list(t.split(sizes(c), dim=0)), lambda ts, c: torch.cat(ts, dim=0))
+    return torch.stack(ts, dim=dim)
+
+
+def _rows(ours: tuple[str, ...], sizes: Callable[[Config], list[int]]) -> Transform:
+    """Our tensors stacked along dim 0 (Phi-3 `qkv_proj`/`gate_up_proj`, GPT-2 `c_attn.bias`)."""
+    return Transform(ours, lambda t, c: list(t.split(sizes(c), dim=0)), lambda ts, c: _cat(ts, 0))
 
 
 def _conv1d(*ours: str, sizes: Callable[[Config], list[int]] | None = None) -> Transform:
     """GPT-2's Conv1D stores `weight` as (in, out): transpose, and split the fused q|k|v columns."""
-    import torch
 
     def split(t: torch.Tensor, c: Config) -> list[torch.Tensor]:
         parts = t.split(sizes(c), dim=1) if sizes else [t]
         return [p.T for p in parts]
 
-    return Transform(ours, split, lambda ts, c: torch.cat([x.T for x in ts], dim=1))
+    return Transform(ours, split, lambda ts, c: _cat([x.T for x in ts], 1))
 
 
 def _neox_qkv(kind: str) -> Transform:
     """GPT-NeoX `query_key_value`: rows grouped per head as (nh, [q|k|v], hs)."""
-    import torch
 
     def split(t: torch.Tensor, c: Config) -> list[torch.Tensor]:
         grouped = t.reshape(c.n_head, 3, c.head_size, *t.shape[1:])  # (nh, 3, hs[, d])
         return [grouped[:, j].reshape(c.n_head * c.head_size, *t.shape[1:]) for j in range(3)]
 
     def join(ts: list[torch.Tensor], c: Config) -> torch.Tensor:
-        grouped = torch.stack([x.reshape(c.n_head, c.head_size, *x.shape[1:]) for x in ts], dim=1)
+        grouped = _stack([x.reshape(c.n_head, c.head_size, *x.shape[1:]) for x in ts], dim=1)
         return grouped.reshape(3 * c.n_head * c.head_size, *ts[0].shape[1:])
 
     attn = "layers.{i}.self_attn."
@@ -117,7 +125,6 @@ def _neox_qkv(kind: str) -> Transform:
 
 def _experts_gate_up() -> Transform:
     """transformers 5 Mixtral `experts.gate_up_proj`: (E, 2·I, d), gate rows first."""
-    import torch
 
     def split(t: torch.Tensor, c: Config) -> list[torch.Tensor]:
         gate, up = t.split(c.intermediate_size, dim=1)
@@ -125,7 +132,7 @@ def _experts_gate_up() -> Transform:
 
     def join(ts: list[torch.Tensor], c: Config) -> torch.Tensor:
         n = c.n_expert
-        return torch.cat([torch.stack(ts[:n]), torch.stack(ts[n:])], dim=1)
+        return _cat([_stack(ts[:n]), _stack(ts[n:])], 1)
 
     expert = "layers.{i}.mlp.experts.{e}."
     return Transform((f"{expert}gate_proj.weight", f"{expert}up_proj.weight"), split, join)
@@ -133,10 +140,8 @@ def _experts_gate_up() -> Transform:
 
 def _experts_down() -> Transform:
     """transformers 5 Mixtral `experts.down_proj`: (E, d, I)."""
-    import torch
-
     return Transform(("layers.{i}.mlp.experts.{e}.down_proj.weight",),
-                     lambda t, c: list(t.unbind(0)), lambda ts, c: torch.stack(ts))
+                     lambda t, c: list(t.unbind(0)), lambda ts, c: _stack(ts))
 
 
 def _wb(hf: str, ours: str, kinds: tuple[str, ...] = ("weight", "bias")) -> dict[str, Rule]:
@@ -319,17 +324,20 @@ def convert_from_hf(tensors: Iterator[tuple[str, torch.Tensor, str]], config: Co
                 parts = rule.split(tensor, config)
             except RuntimeError as e:  # a fused tensor whose size disagrees with the config
                 raise LmforgeError(f"{file}: key {hf_key!r} of shape {tuple(tensor.shape)} cannot be split "
-                                   f"as config.json implies ({e})") from None
+                                   f"as the config implies ({e})") from None
+            if len(parts) != len(keys):  # e.g. a fused expert tensor for another number of experts
+                raise LmforgeError(f"{file}: key {hf_key!r} of shape {tuple(tensor.shape)} holds {len(parts)} "
+                                   f"tensors, but the config implies {len(keys)}")
             # clone: views into one fused tensor would share storage (safetensors refuses to save those)
             parts = [p.clone(memory_format=torch.contiguous_format) for p in parts]
-        for key, part in zip(keys, parts, strict=True):
+        for key, part in zip(keys, parts):
             if config.tie_embeddings and key == "lm_head.weight":
                 continue  # some tied checkpoints store the head anyway; ours *is* the embedding
             if key not in expected:
-                raise LmforgeError(f"{file}: key {hf_key!r} does not fit config.json "
+                raise LmforgeError(f"{file}: key {hf_key!r} does not fit the config "
                                    f"({key} is not a parameter of this model)")
             if tuple(part.shape) != expected[key]:
-                raise LmforgeError(f"{file}: key {hf_key!r} has shape {tuple(part.shape)}, but config.json "
+                raise LmforgeError(f"{file}: key {hf_key!r} has shape {tuple(part.shape)}, but the config "
                                    f"implies {expected[key]} for {key}")
             ours[key] = part.to(dtype) if dtype is not None and part.is_floating_point() else part
     missing = [k for k in expected if k not in ours]
@@ -397,6 +405,14 @@ def convert_to_hf(state_dict: dict[str, torch.Tensor], config: Config) -> dict[s
     return out
 
 
+def _check_shapes(state_dict: dict[str, torch.Tensor], config: Config) -> None:
+    """Refuse tensors the config does not describe (say a classifier head swapped into `lm_head`)."""
+    for key, shape in expected_shapes(config).items():
+        if key in state_dict and tuple(state_dict[key].shape) != shape:
+            raise LmforgeError(f"state dict key {key!r} has shape {tuple(state_dict[key].shape)}, but the config "
+                               f"implies {shape}; only a language model with its original head can be exported")
+
+
 # ---------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +461,13 @@ def read_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, str]]:
                                    "re-download it") from None
         else:
             try:
-                state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                try:
+                    state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:
+                    if "mmap" not in str(e):
+                        raise
+                    # files from torch < 1.6 (pre-zip format, e.g. the original GPT-2) cannot be mmapped
+                    state = torch.load(f, map_location="cpu", weights_only=True)
             except Exception as e:  # truncated zip, pickle refused by weights_only …
                 raise LmforgeError(f"{f}: not a readable PyTorch weights file ({_first_line(e)}); "
                                    "re-download it") from None
@@ -460,7 +482,8 @@ def _torch_dtype(dtype: Any) -> torch.dtype | None:
 
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    name = str(dtype).removeprefix("torch.")
+    value = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name), None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise LmforgeError(f"dtype {dtype!r} is not a torch floating-point dtype (try float32, bfloat16, float16)")
     return value
@@ -516,6 +539,7 @@ def export_hf(state_dict: dict[str, torch.Tensor], config: Config, out_dir: str 
     from lmforge.hf_config import config_to_hf
 
     out_dir = Path(out_dir)
+    _check_shapes(state_dict, config)
     tensors = convert_to_hf(state_dict, config)
     floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
     dtype = str(floats[0]).removeprefix("torch.") if floats else None

@@ -422,42 +422,89 @@ def _load_tokenizer(path: Path) -> Tokenizer | None:
 # ---------------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------------
+_ROPE_DECODER: dict[str, Any] = {
+    "position_embedding": "rope", "parallel_residual": False, "pre_norm": True, "post_norm": False,
+    "norm_class": "rmsnorm", "norm_unit_offset": False, "mlp_class": "gated", "activation": "silu",
+    "attn_bias": False, "attn_out_bias": False, "mlp_bias": False, "lm_head_bias": False,
+    "attn_logit_softcap": None, "final_logit_softcap": None, "scale_embeddings": False,
+    "rotary_percentage": 1.0, "qk_norm": None, "sliding_window": None,
+}
+# What each GGUF architecture we write can express: field -> the value it needs.
+_EXPORT_NEEDS: dict[str, dict[str, Any]] = {
+    "llama": _ROPE_DECODER,
+    "qwen2": {**_ROPE_DECODER, "attn_bias": True},
+    "qwen3": {**_ROPE_DECODER, "qk_norm": "head"},
+    "phi3": {k: v for k, v in _ROPE_DECODER.items() if k != "sliding_window"},
+    "gemma2": {k: v for k, v in _ROPE_DECODER.items() if k not in ("attn_logit_softcap", "final_logit_softcap",
+                                                                    "sliding_window")}
+    | {"post_norm": True, "norm_unit_offset": True, "activation": "gelu_tanh", "scale_embeddings": True,
+       "sliding_window_pattern": 2},
+    "gpt2": {"position_embedding": "learned", "parallel_residual": False, "pre_norm": True, "post_norm": False,
+             "norm_class": "layernorm", "norm_bias": True, "mlp_class": "mlp", "activation": "gelu_tanh",
+             "attn_bias": True, "attn_out_bias": True, "mlp_bias": True, "lm_head_bias": False, "qk_norm": None,
+             "attn_logit_softcap": None, "final_logit_softcap": None, "scale_embeddings": False,
+             "sliding_window": None, "attn_scale_base": None},
+}
+_EXPORT_PREFERRED = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3",
+                     "Gemma2ForCausalLM": "gemma2", "GPT2LMHeadModel": "gpt2"}
+_FEATURE_NAMES = {
+    "position_embedding": {"learned": "learned position embeddings", "rope": "rotary position embeddings"},
+    "parallel_residual": "parallel residual blocks", "pre_norm": "blocks without pre-norms",
+    "post_norm": "post-sublayer norms", "norm_unit_offset": "unit-offset norms",
+    "scale_embeddings": "scaled embeddings", "attn_logit_softcap": "attention logit soft-capping",
+    "final_logit_softcap": "final logit soft-capping", "rotary_percentage": "partial rotary embeddings",
+    "sliding_window": "sliding-window attention", "attn_out_bias": "a bias on the attention output projection",
+    "mlp_bias": "MLP biases", "lm_head_bias": "an output-head bias", "attn_scale_base": "a custom attention scale",
+}
+
+
+def _export_problems(config: Config, arch: str) -> list[str]:
+    """What in `config` the GGUF architecture `arch` cannot express (empty: exportable)."""
+    c, problems = config, []
+    for key, need in _EXPORT_NEEDS[arch].items():
+        have = getattr(c, key)
+        if key == "sliding_window" and have is not None and have >= c.block_size:
+            have = None  # a window as long as the context never slides (Mistral v0.1 at 4k)
+        if have != need:
+            named = _FEATURE_NAMES.get(key)
+            named = named.get(have) if isinstance(named, dict) else named
+            problems.append(named or f"{key}={have!r}")
+    if arch == "gemma2":
+        if c.attn_logit_softcap is None or c.final_logit_softcap is None or c.sliding_window is None:
+            problems.append("Gemma 2 without soft-capping or a sliding window")
+        # llama.cpp hard-codes the score scale: n_embd/n_head for the 46-layer 27B, head_size otherwise
+        want = c.n_embd / c.n_head if c.n_layer == 46 else c.head_size
+        if (c.attn_scale_base or c.head_size) != want:
+            problems.append("a custom attention scale")
+    elif arch != "gpt2" and c.attn_scale_base not in (None, c.head_size):
+        problems.append("a custom attention scale")
+    if arch == "gpt2" and c.n_query_groups != c.n_head:
+        problems.append("grouped-query attention")
+    if arch != "gpt2":
+        kind = _rope_kind(c)
+        if kind not in ("default", "linear", "llama3") or (arch in ("phi3", "gemma2") and kind != "default"):
+            problems.append(f"rope scaling {kind!r}")
+    return problems
+
+
+def _rope_kind(config: Config) -> str:
+    s = config.rope_scaling or {}
+    return s.get("rope_type", s.get("type", "default"))
+
+
 def _export_arch(config: Config) -> str:
-    """The GGUF architecture that expresses `config`, or a GGUFError naming what cannot be exported."""
-    c = config
-    problems = [
-        (c.position_embedding != "rope", "learned position embeddings"),
-        (c.parallel_residual, "parallel residual blocks"),
-        (not c.pre_norm, "blocks without pre-norms"),
-        (c.post_norm, "post-sublayer norms"),
-        (c.norm_class != "rmsnorm", f"norm_class={c.norm_class!r}"),
-        (c.norm_unit_offset, "unit-offset norms"),
-        (c.mlp_class != "gated", f"mlp_class={c.mlp_class!r}"),
-        (c.activation != "silu", f"activation={c.activation!r}"),
-        (c.attn_out_bias, "a bias on the attention output projection"),
-        (c.mlp_bias, "MLP biases"),
-        (c.lm_head_bias, "an output-head bias"),
-        (c.attn_logit_softcap is not None, "attention logit soft-capping"),
-        (c.final_logit_softcap is not None, "final logit soft-capping"),
-        (c.scale_embeddings, "scaled embeddings"),
-        (c.attn_scale_base is not None and c.attn_scale_base != c.head_size, "a custom attention scale"),
-        (c.rotary_percentage != 1.0, "partial rotary embeddings"),
-        (c.qk_norm == "full", "qk_norm='full'"),
-        (c.qk_norm == "head" and c.attn_bias, "qk_norm together with attention biases"),
-        (c.sliding_window is not None and c.sliding_window < c.block_size, "sliding-window attention"),
-    ]
-    for bad, what in problems:
-        if bad:
-            raise GGUFError(f"cannot export {c.name!r} to GGUF: {what} cannot be expressed by llama.cpp's "
-                            f"llama/qwen2/qwen3 architectures")
-    kind = (c.rope_scaling or {}).get("rope_type", (c.rope_scaling or {}).get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise GGUFError(f"cannot export {c.name!r} to GGUF: rope scaling {kind!r} is not supported")
-    if c.qk_norm == "head":
-        return "qwen3"
-    if c.attn_bias:
-        return "qwen2"
-    return "llama"
+    """The GGUF architecture that expresses `config`, or a GGUFError naming what cannot be exported.
+
+    The architecture named by `config.hf_architecture` is preferred (a Phi-3 stays `phi3`); otherwise
+    the first of llama, qwen2, qwen3, gemma2, gpt2 that can express every feature.
+    """
+    preferred = _EXPORT_PREFERRED.get(config.hf_architecture)
+    for arch in ([preferred] if preferred else []) + ["llama", "qwen2", "qwen3", "gemma2", "gpt2"]:
+        if not _export_problems(config, arch):
+            return arch
+    arch = preferred or "llama"
+    raise GGUFError(f"cannot export {config.name!r} to GGUF: {_export_problems(config, arch)[0]} cannot be "
+                    f"expressed by llama.cpp's {arch} architecture (nor by {', '.join(sorted(_EXPORT_NEEDS))})")
 
 
 def export_gguf(
@@ -470,7 +517,9 @@ def export_gguf(
     """Write a model as a GGUF file that llama.cpp (and transformers) load.
 
     Llama-family configs become GGUF arch `llama` (Q/K rows permuted to llama.cpp's rotary
-    layout), configs with q/k/v biases `qwen2`, configs with per-head q/k norms `qwen3`.
+    layout), configs with q/k/v biases `qwen2`, with per-head q/k norms `qwen3`; Gemma 2, Phi-3 and
+    GPT-2 configs get their own llama.cpp architectures (fused tensors, `1 + w` norms as llama.cpp
+    stores them).
 
     Args:
         state_dict: Our state dict (`GPT.state_dict()` or a loaded one).
@@ -524,22 +573,25 @@ def _write_metadata(w, config: Config, arch: str, dtype: str) -> None:
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.n_head)
     w.add_head_count_kv(c.n_query_groups)
-    if c.head_size != c.n_embd // c.n_head:
-        w.add_key_length(c.head_size)
-        w.add_value_length(c.head_size)
-    w.add_rope_dimension_count(c.rope_n_elem)
-    w.add_rope_freq_base(float(c.rope_base))
-    w.add_layer_norm_rms_eps(float(c.norm_eps))
     w.add_vocab_size(c.vocab_size)
-    scaling = c.rope_scaling or {}
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(scaling["factor"]))
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    for key, value in (("bos", c.bos_token_id), ("eos", c.eos_ids[0] if c.eos_ids else None),
-                       ("padding", c.pad_token_id)):
-        if value is not None:
-            w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
+    if arch == "gpt2":
+        w.add_layer_norm_eps(float(c.norm_eps))
+    else:
+        w.add_layer_norm_rms_eps(float(c.norm_eps))
+        if c.head_size != c.n_embd // c.n_head or arch == "gemma2":
+            w.add_key_length(c.head_size)
+            w.add_value_length(c.head_size)
+        w.add_rope_dimension_count(c.rope_n_elem)
+        w.add_rope_freq_base(float(c.rope_base))
+        if _rope_kind(c) == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(c.rope_scaling["factor"]))
+    if c.sliding_window is not None and arch in ("gemma2", "phi3"):
+        w.add_sliding_window(c.sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(float(c.attn_logit_softcap))
+        w.add_final_logit_softcapping(float(c.final_logit_softcap))
 
 
 def _tensors_to_gguf(state: dict[str, torch.Tensor], config: Config, arch: str, dtype: str):
@@ -555,13 +607,14 @@ def _tensors_to_gguf(state: dict[str, torch.Tensor], config: Config, arch: str, 
     missing = sorted(set(expected) - set(keys))
     if missing:
         raise GGUFError(f"state dict lacks {missing[0]!r} needed by config {config.name!r}")
+    fused_qkv = arch in ("phi3", "gpt2")  # llama.cpp loads one attn_qkv tensor for these
+    fused_gate_up = arch == "phi3"
 
-    def gguf_name(key: str) -> str:
-        m = _OUR_BLK_RE.match(key)
-        if m:
-            return f"blk.{m.group(1)}.{_BLOCK_INV[m.group(2)]}.{m.group(3)}"
-        stem, kind = key.rsplit(".", 1)
-        return f"{_TOP_INV[stem]}.{kind}"
+    def get(key: str) -> torch.Tensor:
+        w = state[key].detach().to("cpu", torch.float32)
+        if tuple(w.shape) != expected[key]:
+            raise GGUFError(f"state dict {key} has shape {tuple(w.shape)}, config {config.name!r} needs {expected[key]}")
+        return w
 
     def order(key: str) -> tuple:
         m = _OUR_BLK_RE.match(key)
@@ -570,17 +623,30 @@ def _tensors_to_gguf(state: dict[str, torch.Tensor], config: Config, arch: str, 
         return (0 if key.startswith("embed") else 2, 0, key)
 
     for key in sorted(keys, key=order):
-        w = state[key].detach().to("cpu", torch.float32)
-        if tuple(w.shape) != expected[key]:
-            raise GGUFError(f"state dict {key} has shape {tuple(w.shape)}, config {config.name!r} needs {expected[key]}")
-        name = gguf_name(key)
-        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
-            w = _to_interleaved(w, config.n_head if ".attn_q." in name else config.n_query_groups)
+        m = _OUR_BLK_RE.match(key)
+        stem, kind = (m.group(2), m.group(3)) if m else key.rsplit(".", 1)
+        prefix = f"layers.{m.group(1)}." if m else ""
+        if fused_qkv and stem in ("self_attn.k_proj", "self_attn.v_proj"):
+            continue  # written with q_proj
+        if fused_gate_up and stem == "mlp.up_proj":
+            continue  # written with gate_proj
+        w = get(key)
+        if fused_qkv and stem == "self_attn.q_proj":
+            stem, w = "attn_qkv", torch.cat([w, get(f"{prefix}self_attn.k_proj.{kind}"),
+                                             get(f"{prefix}self_attn.v_proj.{kind}")])
+        elif fused_gate_up and stem == "mlp.gate_proj":
+            stem, w = "ffn_up", torch.cat([w, get(f"{prefix}mlp.up_proj.{kind}")])
+        else:
+            stem = _BLOCK_INV[stem] if m else _TOP_INV[stem]
+        name = f"blk.{m.group(1)}.{stem}.{kind}" if m else f"{stem}.{kind}"
+        if arch == "llama" and stem in ("attn_q", "attn_k"):
+            w = _to_interleaved(w, config.n_head if stem == "attn_q" else config.n_query_groups)
+        if arch == "gemma2" and stem.endswith("norm"):
+            w = w + 1.0  # llama.cpp's Gemma stores the applied scale 1 + w
         # llama.cpp keeps 1-D tensors (norms, biases) in f32 whatever the file type
         np_dtype = np.float16 if dtype == "f16" and w.dim() > 1 else np.float32
         yield name, np.ascontiguousarray(w.numpy().astype(np_dtype))
-    scaling = config.rope_scaling or {}
-    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+    if _rope_kind(config) == "llama3":
         # llama.cpp reads Llama 3 scaling as per-frequency divisors (`rope_freqs`), not parameters
         from lmforge.model import rope_inv_freq
 

@@ -37,6 +37,7 @@ CORPUS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
     "Hello world! How are you today? I am fine, thank you. Numbers: 0 1 2 3 4 5 6 7 8 9.",
 ] * 5
+CONTEXT = 1024  # tokens per slot of the shared server (the model's block_size is 4096)
 PROMPTS = ["Hello", "The quick brown fox", "It is a truth universally acknowledged, that a single man",
            "Numbers: 1 2 3", "How are you", "x", "a wife of good fortune must be", "thank you, world. " * 3]
 
@@ -81,7 +82,7 @@ def ckpt(tmp_path_factory) -> Path:
         "pad_token": "<|endoftext|>", "chat_template": CHATML, "add_bos_token": False}))
     eos = tok.token_to_id("<|im_end|>")
     config = Config(name="tiny-serve", vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=64, n_head=4,
-                    n_query_groups=2, intermediate_size=128, block_size=256, eos_token_id=eos)
+                    n_query_groups=2, intermediate_size=128, block_size=4096, eos_token_id=eos)
     torch.manual_seed(0)
     model = GPT(config)
     # a large init makes the logits peaked: greedy choices never hinge on float rounding
@@ -97,7 +98,7 @@ def llm(ckpt) -> LLM:
 
 @pytest.fixture(scope="module")
 def server(llm):
-    with Server(llm, max_batch_size=8, max_queue=16) as srv:
+    with Server(llm, max_batch_size=8, max_queue=16, max_seq_length=CONTEXT) as srv:
         yield srv
 
 
@@ -251,14 +252,14 @@ def test_bad_chat_requests_and_limits(server, llm):
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}, 400),
-        ({"messages": [{"role": "user", "content": "word " * 400}]}, 400),  # longer than the context
-        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 250}, 400),  # prompt + 250 > 256
+        ({"messages": [{"role": "user", "content": "word " * CONTEXT}]}, 400),  # longer than the context
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": CONTEXT - 2}, 400),  # prompt + it > context
     ]
     for body, status in cases:
         r = requests.post(url, json=body, timeout=30)
         assert r.status_code == status, (body, r.text)
         assert r.json()["error"]["message"]
-    r = requests.post(url, json={"messages": [{"role": "user", "content": "word " * 400}]}, timeout=30)
+    r = requests.post(url, json={"messages": [{"role": "user", "content": "word " * CONTEXT}]}, timeout=30)
     assert r.json()["error"]["code"] == "context_length_exceeded"
     # a 2 MB body is refused before it is parsed
     r = requests.post(url, data=b'{"messages": "' + b"x" * 2_000_000 + b'"}', timeout=30,
@@ -290,7 +291,7 @@ def test_models_health_openapi_metrics(server):
 
 def test_client_disconnect_mid_stream_frees_the_slot(server):
     before = metrics(server)
-    body = {"prompt": "Hello", "max_tokens": 240, "temperature": 0, "ignore_eos": True, "stream": True}
+    body = {"prompt": "Hello", "max_tokens": CONTEXT - 10, "temperature": 0, "ignore_eos": True, "stream": True}
     r = requests.post(server.url + "/v1/completions", json=body, stream=True, timeout=30)
     lines = r.iter_lines()
     got = [line for line, _ in zip(lines, range(6)) if line.startswith(b"data: {")]
@@ -300,8 +301,8 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
     key = 'lmforge_generation_requests_total{outcome="cancelled"}'
     _wait(lambda: metrics(server).get(key, 0) > before.get(key, 0), what="the cancellation")
     m = _wait(lambda: (m := metrics(server))["lmforge_active_slots"] == 0 and m, what="the slot to be freed")
-    # it stopped long before its 240 tokens
-    assert m["lmforge_generated_tokens_total"] - before["lmforge_generated_tokens_total"] < 240
+    # it stopped long before its CONTEXT - 10 tokens
+    assert m["lmforge_generated_tokens_total"] - before["lmforge_generated_tokens_total"] < CONTEXT - 10
     assert requests.post(server.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=30).ok
 
 
@@ -326,7 +327,8 @@ def test_api_key_required(llm):
 def test_full_queue_is_429_with_retry_after(llm):
     with Server(llm, max_batch_size=1, max_queue=1) as srv:
         url = srv.url + "/v1/chat/completions"
-        long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "ignore_eos": True, "stream": True}
+        # 4000 tokens: far longer than the test (both are cancelled at the end)
+        long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000, "ignore_eos": True, "stream": True}
         a = requests.post(url, json=long, stream=True, timeout=30)  # takes the only slot
         a_lines = a.iter_lines()
         _wait(lambda: b'"content"' in next(a_lines), what="the first token of A")

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.errors import LmforgeError
+from lmforge.prompts import encode_chat, stop_strings, stop_tokens
 from lmforge.sampling import SamplingParams
 from lmforge.serve.metrics import CONTENT_TYPE, ServerMetrics
 from lmforge.serve.schemas import ChatCompletionRequest, CompletionRequest, PredictRequest
@@ -232,8 +233,6 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     app.state.context = context
     _install_error_handlers(app)
     tok, config = llm.tokenizer, llm.config
-    from lmforge.prompts import stop_strings, stop_tokens
-
     # a chat reply ends at the chat format's end of turn (e.g. <|im_end|>) as well as at EOS
     chat_stop_ids, chat_stop_strings = stop_tokens(tok, config), stop_strings(tok, config)
 
@@ -334,8 +333,7 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     async def health() -> dict[str, Any]:
         """Liveness: 200 while the engine thread runs."""
         w = state.get("worker")
-        ok = w is not None and w._thread is not None and w._thread.is_alive()
-        if not ok:
+        if w is None or not w.alive:
             raise APIError(503, "the engine is not running", "server_error")
         return {"status": "ok", "model": model_name}
 
@@ -427,8 +425,6 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
                 "usage": usage(last)}
 
     def chat_ids(messages: list[dict[str, str]]) -> list[int]:
-        from lmforge.prompts import encode_chat
-
         # OpenAI's "developer" role is the newer name of "system"
         messages = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
         try:

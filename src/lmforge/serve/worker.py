@@ -121,6 +121,11 @@ class EngineWorker:
                 self._wake.notify()
 
     @property
+    def alive(self) -> bool:
+        """True while the engine thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def in_flight(self) -> int:
         with self._lock:
             return len(self._handles)

@@ -1,0 +1,296 @@
+"""Generation: greedy parity with transformers, batching, speculative decoding, sampling, stops, streaming."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.config import Config
+from lmforge.errors import LmforgeError
+from lmforge.generate import (Engine, SpeculativeStats, StopMatcher, StreamDecoder, generate, speculative_generate,
+                              stream)
+from lmforge.model import GPT
+from lmforge.sampling import SamplingParams
+
+VOCAB = 160
+_GQA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, max_position_embeddings=256)
+# three families: rope + GQA (llama), learned positions + LayerNorm + conv1d (gpt2),
+# sliding window + soft-capping + post-norms (gemma2)
+HF_CASES = {
+    "llama": ("llama", _GQA),
+    "gpt2": ("gpt2", dict(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=256,
+                          bos_token_id=0, eos_token_id=0)),
+    "gemma2": ("gemma2", dict(_GQA, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
+                              attn_logit_softcapping=20.0, final_logit_softcapping=30.0, pad_token_id=0)),
+}
+PROMPTS = [[5, 17, 33, 9], [70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82], [99], [3, 44, 4, 44, 5, 44, 6]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models gain nothing from threads, and on a busy machine OpenMP spinning costs 100x
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_gpt(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = Config(**{**dict(vocab_size=VOCAB, n_layer=2, n_embd=64, n_head=4, n_query_groups=2, block_size=128), **kw})
+    model = GPT(cfg)
+    model.init_weights(std=0.3)  # large weights: confident, varied next-token choices
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return tiny_gpt()
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    """family -> (transformers model, our GPT loaded from its save_pretrained dir)."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.api import LLM
+
+    transformers.logging.set_verbosity_error()
+    out = {}
+    for name, (model_type, kwargs) in HF_CASES.items():
+        torch.manual_seed(0)
+        cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        with torch.no_grad():  # default init is too uniform: every greedy step would tie-break on noise
+            for p in hf.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        path = tmp_path_factory.mktemp(name)
+        hf.save_pretrained(path)
+        out[name] = (hf, LLM.load(path, device="cpu", dtype="float32").model)
+    return out
+
+
+def sequential(model: GPT, params: SamplingParams, prompts=PROMPTS) -> list[list[int]]:
+    return [generate(model, None, p, params).token_ids for p in prompts]
+
+
+# ---------------------------------------------------------------------------------------------
+# parity and batching
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", list(HF_CASES))
+def test_greedy_matches_transformers(hf_models, family):
+    hf, ours = hf_models[family]
+    eos = ours.config.eos_ids
+    assert eos, "the converted config must carry the EOS id"
+    for prompt in PROMPTS:
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, pad_token_id=0,
+                              eos_token_id=eos)[0, len(prompt):].tolist()
+        got = generate(ours, None, prompt, SamplingParams(max_new_tokens=24))
+        assert got.token_ids == ref, f"{family} prompt {prompt}"
+        assert got.finish_reason == ("stop" if ref[-1] in eos else "length")
+
+
+@pytest.mark.parametrize("family", list(HF_CASES))
+def test_batched_greedy_equals_sequential_hf_families(hf_models, family):
+    ours = hf_models[family][1]
+    params = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    batched = [c.token_ids for c in generate(ours, None, PROMPTS, params, max_batch_size=4)]
+    assert batched == sequential(ours, params)
+
+
+def test_greedy_matches_uncached_forward(model):
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    for prompt in PROMPTS:
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(12):
+                ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+        assert generate(model, None, prompt, params).token_ids == ids[len(prompt):]
+
+
+@pytest.mark.parametrize("max_batch_size", [2, 3, 4])
+def test_batched_equals_sequential_continuous(model, max_batch_size):
+    # with fewer slots than prompts, waiting requests join as others finish (different lengths)
+    params = [SamplingParams(max_new_tokens=n, ignore_eos=True) for n in (5, 17, 9, 12)]
+    expected = [generate(model, None, p, sp).token_ids for p, sp in zip(PROMPTS, params)]
+    engine = Engine(model, None, max_batch_size=max_batch_size, max_seq_length=64)
+    got = [c.token_ids for c in engine.run(PROMPTS, params)]
+    assert got == expected
+    assert [len(g) for g in got] == [5, 17, 9, 12]
+
+
+def test_request_joins_midway(model):
+    params = SamplingParams(max_new_tokens=15, ignore_eos=True)
+    expected = sequential(model, params)
+    engine = Engine(model, None, max_batch_size=4, max_seq_length=64)
+    tokens: dict[str, list[int]] = {}
+    engine.add(PROMPTS[0], params, request_id="a")
+    engine.add(PROMPTS[1], params, request_id="b")
+    steps = 0
+    while engine.has_work():
+        if steps == 3:
+            engine.add(PROMPTS[2], params, request_id="c")  # joins while a and b are mid-way
+        if steps == 6:
+            engine.add(PROMPTS[3], params, request_id="d")
+        for ev in engine.step():
+            tokens.setdefault(ev.request_id, []).append(ev.token_id)
+        steps += 1
+    assert [tokens[r] for r in "abcd"] == expected
+
+
+def test_slot_reuse_after_finish_and_cancel(model):
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    expected = sequential(model, params)
+    engine = Engine(model, None, max_batch_size=2, max_seq_length=64)
+    engine.add(PROMPTS[3], SamplingParams(max_new_tokens=50, ignore_eos=True), request_id="long")
+    engine.add(PROMPTS[1], params, request_id="x")
+    engine.step()
+    assert engine.cancel("long") and not engine.cancel("nope")
+    engine.add(PROMPTS[0], params, request_id="y")  # takes the cancelled request's (dirty) slot
+    tokens: dict[str, list[int]] = {}
+    while engine.has_work():
+        for ev in engine.step():
+            assert ev.request_id != "long"
+            tokens.setdefault(ev.request_id, []).append(ev.token_id)
+    assert tokens["y"] == expected[0]
+    assert len(tokens["x"]) == 9  # its first token came from the step before
+
+
+def test_add_from_another_thread(model):
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    expected = sequential(model, params)
+    engine = Engine(model, None, max_batch_size=4, max_seq_length=64)
+    done: dict[str, list[int]] = {}
+
+    def producer():
+        for i, p in enumerate(PROMPTS):
+            engine.add(p, params, request_id=str(i))
+
+    t = threading.Thread(target=producer)
+    t.start()
+    t.join()
+    while engine.has_work():
+        for ev in engine.step():
+            done.setdefault(ev.request_id, []).append(ev.token_id)
+    assert [done[str(i)] for i in range(4)] == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# limits and errors
+# ---------------------------------------------------------------------------------------------
+def test_eos_and_length_finish(model):
+    first = generate(model, None, PROMPTS[0], SamplingParams(max_new_tokens=6, ignore_eos=True))
+    assert first.finish_reason == "length" and len(first.token_ids) == 6
+    eos = first.token_ids[3]
+    cut = generate(model, None, PROMPTS[0], SamplingParams(max_new_tokens=6, stop_token_ids=[eos]))
+    assert cut.finish_reason == "stop"
+    assert cut.token_ids == first.token_ids[: first.token_ids.index(eos) + 1]
+
+
+def test_context_full_finishes_with_length(model):
+    engine = Engine(model, None, max_batch_size=1, max_seq_length=10)
+    out = engine.run([PROMPTS[0]], SamplingParams(max_new_tokens=50, ignore_eos=True))[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 10 - len(PROMPTS[0]) + 1
+
+
+def test_prompt_longer_than_context(model):
+    with pytest.raises(LmforgeError, match="prompt has 200 tokens but the model's context is 128"):
+        generate(model, None, [1] * 200, SamplingParams(max_new_tokens=2))
+    engine = Engine(model, None, max_batch_size=1, max_seq_length=16)
+    with pytest.raises(LmforgeError, match="prompt has 17 tokens but the model's context is 16"):
+        engine.add([1] * 17)
+    with pytest.raises(LmforgeError, match="outside the model's vocabulary"):
+        engine.add([VOCAB + 5])
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+# ---------------------------------------------------------------------------------------------
+def test_seeded_sampling_is_reproducible(model):
+    def run(seed, **kw):
+        p = SamplingParams(max_new_tokens=20, temperature=1.0, seed=seed, ignore_eos=True, **kw)
+        return generate(model, None, PROMPTS[1], p).token_ids
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert run(3, top_k=5, top_p=0.9, repetition_penalty=1.3) == run(3, top_k=5, top_p=0.9, repetition_penalty=1.3)
+    # a batch mixing greedy and seeded rows: each row as if alone
+    params = [SamplingParams(max_new_tokens=20, temperature=1.0, seed=7, ignore_eos=True),
+              SamplingParams(max_new_tokens=20, ignore_eos=True)]
+    mixed = Engine(model, None, max_batch_size=2, max_seq_length=64).run([PROMPTS[1], PROMPTS[2]], params)
+    assert mixed[0].token_ids == run(7)
+    assert mixed[1].token_ids == generate(model, None, PROMPTS[2], params[1]).token_ids
+
+
+def test_repetition_penalty_changes_greedy(model):
+    plain = generate(model, None, PROMPTS[3], SamplingParams(max_new_tokens=20, ignore_eos=True)).token_ids
+    penalised = generate(model, None, PROMPTS[3],
+                         SamplingParams(max_new_tokens=20, repetition_penalty=5.0, ignore_eos=True)).token_ids
+    assert plain != penalised
+    assert len(set(penalised)) > len(set(plain))
+
+
+# ---------------------------------------------------------------------------------------------
+# speculative decoding
+# ---------------------------------------------------------------------------------------------
+def _noisy_copy(model: GPT, scale: float) -> GPT:
+    draft = tiny_gpt()
+    draft.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return draft.eval()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_speculative_equals_greedy(model, k):
+    params = SamplingParams(max_new_tokens=25, ignore_eos=True)
+    expected = sequential(model, params)
+    unrelated = tiny_gpt(seed=5, n_layer=1, n_embd=32, n_head=2, n_query_groups=2)
+    for draft in (model, _noisy_copy(model, 0.05), unrelated):
+        stats = SpeculativeStats()
+        got = [speculative_generate(model, draft, p, params, k=k, stats=stats).token_ids for p in PROMPTS]
+        assert got == expected
+        if draft is model:
+            assert stats.acceptance_rate == 1.0 and stats.target_calls <= len(PROMPTS) * (1 + 25 // (k + 1) + 1)
+    assert 0 < _accept_rate(model, _noisy_copy(model, 0.05), k) < 1
+
+
+def _accept_rate(model, draft, k):
+    stats = SpeculativeStats()
+    for p in PROMPTS:
+        speculative_generate(model, draft, p, SamplingParams(max_new_tokens=25, ignore_eos=True), k=k, stats=stats)
+    return stats.acceptance_rate
+
+
+def test_speculative_respects_eos_and_limits(model):
+    ref = generate(model, None, PROMPTS[0], SamplingParams(max_new_tokens=10, ignore_eos=True)).token_ids
+    eos = ref[4]
+    params = SamplingParams(max_new_tokens=10, stop_token_ids=[eos])
+    want = generate(model, None, PROMPTS[0], params)
+    got = speculative_generate(model, model, PROMPTS[0], params, k=4)
+    assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason == "stop"
+    with pytest.raises(LmforgeError, match="greedy"):
+        speculative_generate(model, model, PROMPTS[0], SamplingParams(temperature=0.7))
+    with pytest.raises(LmforgeError, match="vocabulary"):
+        speculative_generate(model, tiny_gpt(vocab_size=VOCAB + 1), PROMPTS[0], SamplingParams(max_new_tokens=3))
+
+
+# ---------------------------------------------------------------------------------------------
+# text: stop strings and UTF-8-safe streaming
+# ---------------------------------------------------------------------------------------------
+def test_stop_matcher_holds_back_prefixes():
+    m = StopMatcher(["###", "END"])
+    assert m.push("hello #") == ("hello ", False)
+    assert m.push("#") == ("", False)
+    assert m.push("x E") == ("##x ", False)
+    assert m.push("N") == ("", False)
+    assert m.push("D and more") == ("", True)
+    m = StopMatcher(["ab"])
+    assert m.push("xa") == ("x", False)
+    assert m.flush() == "a"

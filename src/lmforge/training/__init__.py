@@ -1,0 +1,1 @@
+"""Training machinery: the pretraining loop, optimizer/schedule, distributed helpers, run monitoring."""

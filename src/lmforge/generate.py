@@ -508,21 +508,43 @@ def generate(
     return out[0] if single else out
 
 
+class TextStream:
+    """An iterator of text pieces that records the token counts and finish reason as it goes."""
+
+    def __init__(self, events: Iterator[tuple[str, int, FinishReason | None]], prompt_tokens: int) -> None:
+        self._events = events
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.token_ids: list[int] = []
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            text, token, reason = next(self._events)  # StopIteration ends the stream
+            self.token_ids.append(token)
+            self.completion_tokens += 1
+            self.finish_reason = reason
+            if text:
+                return text
+
+
 def stream(
     model: GPT,
     tokenizer: Tokenizer | None,
     prompt_ids: Sequence[int],
     params: SamplingParams | None = None,
     max_seq_length: int | None = None,
-) -> Iterator[str]:
-    """Yield the completion of one prompt as printable text pieces (never a split character)."""
+) -> TextStream:
+    """Iterate over the completion of one prompt as printable text pieces (never a split character)."""
     params = params or SamplingParams()
     _check_prompt_lengths(model, [prompt_ids])
     engine = Engine(model, tokenizer, max_batch_size=1,
                     max_seq_length=_engine_length(model, [prompt_ids], params, max_seq_length))
-    for ev in engine.stream(prompt_ids, params):
-        if ev.text:
-            yield ev.text
+    events = ((ev.text, ev.token_id, ev.finish_reason) for ev in engine.stream(prompt_ids, params))
+    return TextStream(events, len(prompt_ids))
 
 
 def _check_prompt_lengths(model: GPT, prompts: Sequence[Sequence[int]]) -> None:
@@ -674,11 +696,13 @@ def _speculative_events(model, draft, prompt_ids, params, k, tokenizer, stats):
             return
 
 
-def speculative_stream(model, draft, prompt_ids, params=None, k=4, tokenizer=None) -> Iterator[str]:
-    """Text pieces of `speculative_generate`."""
-    for text, _, _ in _speculative_events(model, draft, prompt_ids, params or SamplingParams(), k, tokenizer, None):
-        if text:
-            yield text
+def speculative_stream(model: GPT, draft: GPT, prompt_ids: Sequence[int], params: SamplingParams | None = None,
+                       k: int = 4, tokenizer: Tokenizer | None = None, stats: SpeculativeStats | None = None) -> TextStream:
+    """`speculative_generate` as a `TextStream` of text pieces."""
+    params = params or SamplingParams()
+    if not params.greedy or params.repetition_penalty != 1.0:  # fail now, not at the first piece
+        raise LmforgeError("speculative decoding supports greedy decoding only (temperature 0, repetition_penalty 1)")
+    return TextStream(_speculative_events(model, draft, prompt_ids, params, k, tokenizer, stats), len(prompt_ids))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -351,14 +351,6 @@ def test_tensor_not_matching_metadata(exported, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the real SmolLM2-135M-Instruct (Q4_1 + Q8_0) file
 # ---------------------------------------------------------------------------------------------
-AUSTEN = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
-    "want of a wife. However little known the feelings or views of such a man may be on his first entering "
-    "a neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is "
-    "considered the rightful property of some one or other of their daughters."
-)
-
-
 @pytest.fixture(scope="session")
 def smollm2_file():
     from lmforge.assets import fetch_asset
@@ -368,8 +360,8 @@ def smollm2_file():
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_file):
-    config, state, _ = load_gguf(smollm2_file)
-    return config, _from_state(config, state)
+    config, state, tokenizer = load_gguf(smollm2_file)
+    return config, _from_state(config, state), tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -379,20 +371,32 @@ def smollm2_hf_tokenizer(smollm2_file):
     return AutoTokenizer.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name)
 
 
+@pytest.fixture(scope="session")
+def austen_text():
+    from lmforge.assets import fetch_asset
+
+    text = (fetch_asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
+    return text[100_000:104_000]  # a fixed passage from chapter 3 (> 512 tokens)
+
+
 def _perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:
     loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
     return math.exp(loss.item())
 
 
-@pytest.mark.slow
-def test_smollm2_matches_transformers(smollm2, smollm2_file, smollm2_hf_tokenizer, tmp_path):
+@pytest.mark.slow  # ~1 min on an idle machine: our load + transformers' load of the same file
+def test_smollm2_matches_transformers(smollm2, smollm2_file, smollm2_hf_tokenizer, austen_text):
     from transformers import AutoModelForCausalLM
 
-    config, model = smollm2
+    config, model, tokenizer = smollm2
     assert (config.n_layer, config.n_embd, config.n_head, config.n_query_groups) == (30, 576, 9, 3)
     assert (config.vocab_size, config.rope_base, config.tie_embeddings) == (49152, 100000.0, True)
+    assert (config.bos_token_id, config.eos_token_id) == (1, 2)
     assert model.lm_head.weight is model.embed_tokens.weight
-    ids = torch.tensor([smollm2_hf_tokenizer.encode(AUSTEN)])
+    ids = torch.tensor([smollm2_hf_tokenizer.encode(austen_text)[:512]])
+    assert ids.shape == (1, 512)
+    if tokenizer is not None:  # lmforge's own GGUF tokenizer, where this build has one
+        assert tokenizer.encode(austen_text, bos=False)[:512] == ids[0].tolist()
     hf = AutoModelForCausalLM.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name,
                                               dtype=torch.float32).eval()
     with torch.no_grad():
@@ -400,12 +404,12 @@ def test_smollm2_matches_transformers(smollm2, smollm2_file, smollm2_hf_tokenize
     torch.testing.assert_close(ours, ref, atol=2e-3, rtol=0)
     ppl, ref_ppl = _perplexity(ours, ids), _perplexity(ref, ids)
     assert ppl == pytest.approx(ref_ppl, rel=1e-3)
-    assert 1.0 < ppl < 40.0
+    assert 10.0 < ppl < 40.0, ppl  # ~18-28 on 512-token chunks of the novel
 
 
 @pytest.mark.slow
 def test_smollm2_answers_paris(smollm2, smollm2_hf_tokenizer):
-    config, model = smollm2
+    config, model, _ = smollm2
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
     ids = smollm2_hf_tokenizer.encode(prompt)
     cache = model.new_kv_cache(1, len(ids) + 32)

@@ -293,7 +293,8 @@ def pretrain_cli(
         keep_checkpoints: Training checkpoints kept.
     """
     # the signature mirrors PretrainConfig field for field (a test checks), so YAML keys == flags
-    pretrain(PretrainConfig(**{f.name: locals()[f.name] for f in dataclasses.fields(PretrainConfig)}))
+    args = locals()
+    pretrain(PretrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(PretrainConfig)}))
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def test_round_trip_f32_is_exact(family, tmp_path):
     for field in ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size",
                   "block_size", "attn_bias", "qk_norm", "tie_embeddings", "rotary_percentage", "norm_class",
                   "mlp_class", "activation", "position_embedding", "post_norm", "norm_unit_offset", "sliding_window",
-                  "attn_logit_softcap", "final_logit_softcap", "scale_embeddings", "attn_out_bias", "mlp_bias"):
+                  "attn_logit_softcap", "final_logit_softcap", "scale_embeddings", "attn_out_bias", "mlp_bias",
+                  "bos_token_id", "eos_token_id", "pad_token_id"):
         assert getattr(config, field) == getattr(model.config, field), field
     assert config.norm_eps == pytest.approx(model.config.norm_eps)
     assert config.hf_architecture == model.config.hf_architecture

@@ -543,14 +543,15 @@ def export_gguf(
         raise GGUFError(f"export dtype {dtype!r} is not supported (use 'f16' or 'f32')")
     arch = _export_arch(config)
     tensors = dict(_tensors_to_gguf(state_dict, config, arch, dtype))
-    tok_fields = _tokenizer_fields(tokenizer) if tokenizer is not None else None
+    tok_fields = _special_ids(config)
+    if tokenizer is not None:
+        tok_fields.update(_tokenizer_fields(tokenizer))  # the tokenizer's ids win over the config's
     out_path = Path(out_path)
 
     def write(tmp: Path) -> None:
         w = gguf.GGUFWriter(tmp, arch)
         _write_metadata(w, config, arch, dtype)
-        if tok_fields is not None:
-            _write_tokenizer(w, tok_fields)
+        _write_tokenizer(w, tok_fields)
         for name, arr in tensors.items():
             w.add_tensor(name, arr)
         w.write_header_to_file()
@@ -655,6 +656,12 @@ def _tensors_to_gguf(state: dict[str, torch.Tensor], config: Config, arch: str, 
         yield "rope_freqs.weight", divisors.numpy().astype(np.float32)
 
 
+def _special_ids(config: Config) -> dict[str, int]:
+    ids = {"bos": config.bos_token_id, "eos": config.eos_ids[0] if config.eos_ids else None,
+           "padding": config.pad_token_id}
+    return {f"tokenizer.ggml.{k}_token_id": int(v) for k, v in ids.items() if v is not None}
+
+
 def _tokenizer_fields(tokenizer: Tokenizer) -> dict[str, Any]:
     """The `tokenizer.*` GGUF metadata for an lmforge Tokenizer (whatever it can describe)."""
     to_gguf = getattr(tokenizer, "gguf_metadata", None)
@@ -663,14 +670,14 @@ def _tokenizer_fields(tokenizer: Tokenizer) -> dict[str, Any]:
     return dict(to_gguf())
 
 
+_UINT32_KEYS = re.compile(r"tokenizer\.ggml\.\w+_token_id$")
+
+
 def _write_tokenizer(w, fields: dict[str, Any]) -> None:
     import gguf
 
     for key, value in fields.items():
-        if key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                   "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id"):
-            # the model metadata may already carry the id; the tokenizer's wins
-            w.kv_data[0].pop(key, None)
+        if _UINT32_KEYS.match(key):
             w.add_uint32(key, int(value))
         elif isinstance(value, bool):
             w.add_bool(key, value)

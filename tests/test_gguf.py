@@ -380,6 +380,71 @@ def austen_text():
     return text[100_000:104_000]  # a fixed passage from chapter 3 (> 512 tokens)
 
 
+def _tiny_bpe_meta() -> dict:
+    """A byte-level BPE vocabulary in llama.cpp's `tokenizer.*` keys: 256 bytes, 3 merges, 2 control tokens."""
+    from lmforge.tokenizer import bytes_to_unicode
+
+    tokens = list(bytes_to_unicode().values()) + ["Ġt", "he", "Ġthe", "<|im_start|>", "<|im_end|>"]
+    return {
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [1] * (len(tokens) - 2) + [3, 3], "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"],
+        "tokenizer.ggml.bos_token_id": 259, "tokenizer.ggml.eos_token_id": 260,
+        "tokenizer.chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}",
+    }
+
+
+def test_export_with_tiny_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmforge.tokenizer import Tokenizer, read_gguf_metadata
+
+    meta = _tiny_bpe_meta()
+    tok = Tokenizer.from_gguf_metadata(meta)
+    model = _tiny_model("llama")
+    config = Config(**{**model.config.__dict__, "vocab_size": tok.vocab_size})
+    model = GPT(config)
+    model.init_weights()
+    path = export_gguf(model.state_dict(), config, tmp_path / "tiny.gguf", tokenizer=tok)
+    written = read_gguf_metadata(path, prefix="tokenizer.")
+    for key, value in meta.items():
+        if key != "tokenizer.ggml.pre":  # lmforge names the pre-tokenizer by what it does
+            assert written[key] == value, key
+    loaded_config, _, loaded = load_gguf(path)
+    assert (loaded_config.bos_token_id, loaded_config.eos_token_id) == (259, 260)  # the tokenizer's ids
+    text = " the<|im_end|> theme\n  café"
+    assert loaded is not None and loaded.encode(text) == tok.encode(text)
+    assert loaded.chat_template == meta["tokenizer.chat_template"]
+    assert AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf").encode(text) == tok.encode(text, bos=False)
+
+
+@pytest.mark.slow  # GGUFReader and transformers parse 49k tokens + 49k merges: ~1 min on a busy machine
+def test_export_with_tokenizer(smollm2_file, tmp_path):
+    """SmolLM2's tokenizer written into an exported file reads back identically, in llama.cpp's keys."""
+    from transformers import AutoTokenizer
+
+    from lmforge.tokenizer import Tokenizer, read_gguf_metadata
+
+    tok = Tokenizer.from_gguf(smollm2_file)
+    torch.manual_seed(0)
+    config = Config(name="tiny-smol", **{**TINY, "vocab_size": tok.vocab_size, "tie_embeddings": True,
+                                         "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id})
+    model = GPT(config)
+    model.init_weights()
+    path = export_gguf(model.state_dict(), config, tmp_path / "tiny.gguf", tokenizer=tok)
+    original = read_gguf_metadata(smollm2_file, prefix="tokenizer.")
+    written = read_gguf_metadata(path, prefix="tokenizer.")
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+        assert written[key] == original[key], key
+
+    _, _, loaded = load_gguf(path)
+    text = "Hello, Mr. Darcy! 12345 <|im_start|>user\n  café 🙂<|im_end|>"
+    assert loaded is not None and loaded.encode(text) == tok.encode(text)
+    assert loaded.chat_template == tok.chat_template
+    hf = AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    assert hf.encode(text) == tok.encode(text, bos=False)
+
+
 def _perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:
     loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
     return math.exp(loss.item())

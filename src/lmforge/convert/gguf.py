@@ -240,10 +240,9 @@ def _dequantize(t, path: Path) -> torch.Tensor:
     except Exception as e:
         raise GGUFError(f"{path}: truncated or corrupt GGUF file (tensor {t.name!r}: {e})") from None
     shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-    # F32 comes back as a view of the read-only memory map: copy it into memory we own.
     arr = np.ascontiguousarray(data, dtype=np.float32).reshape(shape)
-    if not arr.flags.writeable or arr.base is not None:
-        arr = arr.copy()
+    if not arr.flags.writeable or np.may_share_memory(arr, t.data):
+        arr = arr.copy()  # F32 comes back as a view of the read-only memory map: own the memory
     return torch.from_numpy(arr)
 
 

@@ -61,6 +61,8 @@ def start_server(source: Path, args: argparse.Namespace) -> tuple[subprocess.Pop
            "--max-seq-length", str(args.max_seq_length), "--device", args.device, "--log-level", "warning"]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = {k: v for k, v in os.environ.items() if k != "LMFORGE_API_KEY"}
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -163,17 +165,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-seq-length", type=int, default=256, help="KV-cache length per slot")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads, for the server and the baseline")
     p.add_argument("--hf-requests", type=int, default=4, help="requests for the transformers baseline (0: skip)")
     p.add_argument("--max-seconds", type=float, default=900, help="time budget of the whole run")
-    p.add_argument("--source", default=None, help="model to serve (default: SmolLM2-135M-Instruct GGUF asset)")
+    p.add_argument("--source", default=None,
+                   help="model to serve (default: the SmolLM2-135M-Instruct GGUF asset, also the baseline's model)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
     from lmforge.assets import fetch_asset
 
-    gguf = Path(args.source) if args.source else fetch_asset("smollm2-135m-instruct")
+    gguf = fetch_asset("smollm2-135m-instruct")  # the baseline always reads the GGUF asset
     deadline = time.monotonic() + args.max_seconds
-    proc, url = start_server(gguf, args)
+    proc, url = start_server(Path(args.source) if args.source else gguf, args)
     rows = []
     try:
         # one warm-up request: the first forward pays one-off costs
@@ -189,6 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.hf_requests and (left := deadline - time.monotonic()) > 10:
         rows.append({"system": "HF transformers (sequential)",
                      **hf_baseline(gguf, args.hf_requests, args.max_tokens, left)})
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['ttft_p50_s'] * 1e3:>7.0f}ms {r['ttft_p95_s'] * 1e3:>7.0f}ms "
               f"{r['itl_p50_s'] * 1e3:>6.1f}ms {r['itl_p95_s'] * 1e3:>6.1f}ms")
     serve_rows = {r["clients"]: r for r in rows if r["system"] == "lmforge serve"}
-    summary = {"rows": rows, "max_tokens": args.max_tokens, "cpu_count": os.cpu_count()}
+    summary = {"rows": rows, "max_tokens": args.max_tokens, "threads": args.threads, "cpu_count": os.cpu_count()}
     if 1 in serve_rows and max(serve_rows) > 1:
         top = max(serve_rows)
         speedup = serve_rows[top]["tokens_per_s"] / serve_rows[1]["tokens_per_s"]

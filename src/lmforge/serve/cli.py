@@ -24,6 +24,7 @@ def serve(
     model_name: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    threads: int | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API with continuous batching.
@@ -49,6 +50,7 @@ def serve(
         model_name: Model id reported by /v1/models (default: the model config's name).
         device: cpu, cuda, cuda:N or auto (default: cuda when available).
         dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).
+        threads: CPU threads per torch op (default: torch's choice); 1 is often fastest on a busy machine.
         log_level: uvicorn log level (debug, info, warning, error).
     """
     import uvicorn
@@ -63,6 +65,12 @@ def serve(
               "(set --api-key or LMFORGE_API_KEY)", file=sys.stderr)
     if not 0 <= port <= 65535:
         raise LmforgeError(f"--port {port} is not a TCP port (0..65535)")
+    if threads is not None:
+        if threads < 1:
+            raise LmforgeError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     llm = LLM.load(source, device=device, dtype=dtype)
     app = create_app(llm, model_name=model_name, api_key=api_key, max_batch_size=max_batch_size,
                      max_queue=max_queue, max_seq_length=max_seq_length, max_tokens_limit=max_tokens_limit,

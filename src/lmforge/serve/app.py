@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -75,6 +75,8 @@ class ServeSettings:
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "default_max_tokens", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise LmforgeError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise LmforgeError(f"max-seq-length must be >= 2 (a prompt token and a new one), got {self.max_seq_length}")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise LmforgeError(f"request-timeout must be > 0 seconds, got {self.request_timeout}")
 

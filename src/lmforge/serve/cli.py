@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -57,7 +58,7 @@ def serve(
 
     from lmforge.api import LLM
     from lmforge.errors import LmforgeError
-    from lmforge.serve.app import create_app
+    from lmforge.serve.app import ServeSettings, create_app
 
     api_key = api_key or os.environ.get("LMFORGE_API_KEY") or None
     if not api_key and not _is_loopback(host):
@@ -65,6 +66,11 @@ def serve(
               "(set --api-key or LMFORGE_API_KEY)", file=sys.stderr)
     if not 0 <= port <= 65535:
         raise LmforgeError(f"--port {port} is not a TCP port (0..65535)")
+    # check the flags before the (slow) model load
+    settings = ServeSettings(model_name=model_name, api_key=api_key, max_batch_size=max_batch_size,
+                             max_queue=max_queue, max_seq_length=max_seq_length, max_tokens_limit=max_tokens_limit,
+                             default_max_tokens=default_max_tokens, request_timeout=request_timeout,
+                             max_body_bytes=max_body_bytes)
     if threads is not None:
         if threads < 1:
             raise LmforgeError(f"--threads must be >= 1, got {threads}")
@@ -72,10 +78,7 @@ def serve(
 
         torch.set_num_threads(threads)
     llm = LLM.load(source, device=device, dtype=dtype)
-    app = create_app(llm, model_name=model_name, api_key=api_key, max_batch_size=max_batch_size,
-                     max_queue=max_queue, max_seq_length=max_seq_length, max_tokens_limit=max_tokens_limit,
-                     default_max_tokens=default_max_tokens, request_timeout=request_timeout,
-                     max_body_bytes=max_body_bytes)
+    app = create_app(llm, **dataclasses.asdict(settings))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=shutdown_timeout)
     server = uvicorn.Server(config)

@@ -384,7 +384,7 @@ class _TiktokenBackend:
     def __init__(self, name: str, ranks: dict[bytes, int], pat_str: str, specials: dict[str, int]):
         import tiktoken
 
-        self.ranks, self.pat_str, self.specials = ranks, pat_str, specials
+        self.name, self.ranks, self.pat_str, self.specials = name, ranks, pat_str, specials
         self.enc = tiktoken.Encoding(name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials)
         self.special_ids = set(specials.values())
         self._id_to_special = {i: s for s, i in specials.items()}
@@ -422,7 +422,12 @@ class _TiktokenBackend:
         return dict(self.specials)
 
     def to_hf(self):
-        """An equivalent `tokenizers` byte-level BPE (for tokenizer.json and GGUF export)."""
+        """An equivalent `tokenizers` byte-level BPE (for tokenizer.json and GGUF export); cached."""
+        if getattr(self, "_hf", None) is None:
+            self._hf = self._build_hf()
+        return self._hf
+
+    def _build_hf(self):
         from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -1032,9 +1037,14 @@ def _gguf_pre_name(backend: _HFBackend | _TiktokenBackend, spec: dict) -> str:
     """llama.cpp's `tokenizer.ggml.pre` name for a byte-level BPE's pre-tokenizer."""
     if isinstance(backend, _HFBackend) and backend.gguf_pre:
         return backend.gguf_pre
-    text = json.dumps(spec.get("pre_tokenizer"))
     if isinstance(backend, _TiktokenBackend):
-        text = json.dumps(backend.pat_str)
+        # GPT-2's regex and tiktoken's faster equivalent; cl100k's is the one Llama-3 adopted
+        if backend.name in ("gpt2", "r50k_base", "p50k_base"):
+            return "gpt-2"
+        if backend.name == "cl100k_base" or backend.pat_str == LLAMA3_PATTERN:
+            return "llama-bpe"
+        raise TokenizerError(f"tiktoken encoding {backend.name!r} has no llama.cpp pre-tokenizer known to lmforge")
+    text = json.dumps(spec.get("pre_tokenizer"))
     if json.dumps(LLAMA3_PATTERN)[1:-1] in text:
         return "llama-bpe"
     if json.dumps(QWEN2_PATTERN)[1:-1] in text:
@@ -1042,8 +1052,6 @@ def _gguf_pre_name(backend: _HFBackend | _TiktokenBackend, spec: dict) -> str:
     if '"Digits"' in text and '"ByteLevel"' in text:
         return "smollm"
     if '"ByteLevel"' in text and '"use_regex": true' in text:
-        return "gpt-2"
-    if isinstance(backend, _TiktokenBackend) and "'s|'t|'re|'ve|'m|'ll|'d| ?" in backend.pat_str:
         return "gpt-2"
     raise TokenizerError("this tokenizer's pre-tokenizer has no llama.cpp equivalent known to lmforge")
 

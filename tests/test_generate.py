@@ -10,8 +10,7 @@ import torch
 
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
-from lmforge.generate import (Engine, SpeculativeStats, StopMatcher, StreamDecoder, generate, speculative_generate,
-                              stream)
+from lmforge.generate import Engine, SpeculativeStats, StopMatcher, generate, speculative_generate, stream
 from lmforge.model import GPT
 from lmforge.sampling import SamplingParams
 
@@ -294,3 +293,122 @@ def test_stop_matcher_holds_back_prefixes():
     m = StopMatcher(["ab"])
     assert m.push("xa") == ("x", False)
     assert m.flush() == "a"
+
+
+@pytest.fixture(scope="module")
+def smol_tok():
+    from lmforge.assets import fetch_asset
+    from lmforge.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf(fetch_asset("smollm2-135m-instruct"))
+
+
+class ScriptedGPT(GPT):
+    """A model that writes a fixed text: the logits at position p pick `seq[p + 1]`.
+
+    Lets the engine's text handling (split UTF-8 characters, stop strings) be tested on known tokens.
+    """
+
+    def __init__(self, vocab_size: int, seq: list[int], eos: int | None = None) -> None:
+        super().__init__(Config(vocab_size=vocab_size, n_layer=1, n_embd=8, n_head=1, block_size=256,
+                                eos_token_id=eos))
+        self.seq = seq
+
+    def forward(self, idx, input_pos=None, cache=None, rows=None, logits_to_keep=0, return_hidden=False):
+        B, T = idx.shape
+        pos = input_pos.expand(B, T) if input_pos.dim() == 1 else input_pos
+        last = pos[:, -1].tolist()
+        logits = torch.zeros(B, 1, self.config.vocab_size)
+        for b, p in enumerate(last):
+            logits[b, 0, self.seq[min(p + 1, len(self.seq) - 1)]] = 1.0
+        return logits
+
+
+def _events(engine: Engine, prompt, params):
+    return list(engine.stream(prompt, params))
+
+
+def test_streaming_never_splits_characters(smol_tok):
+    prompt = smol_tok.encode("Say:")
+    text = " Hello 😀 世界 🎉 naïve — ok 👩‍👩‍👧 done"
+    script = smol_tok.encode(text)
+    assert len(script) > len(text.split()) + 8, "emoji and CJK must span several byte tokens"
+    model = ScriptedGPT(smol_tok.vocab_size, prompt + script).eval()
+    engine = Engine(model, smol_tok, max_batch_size=2, max_seq_length=128)
+    events = _events(engine, prompt, SamplingParams(max_new_tokens=len(script)))
+    pieces = [e.text for e in events]
+    assert [e.token_id for e in events] == script
+    assert all("\ufffd" not in p for p in pieces)
+    assert sum(1 for p in pieces if p == "") >= 5  # bytes of split characters were held back
+    assert "".join(pieces) == text
+    assert events[-1].finished and events[-1].finish_reason == "length"
+    assert [e.completion_tokens for e in events] == list(range(1, len(script) + 1))
+
+
+def test_stop_strings_in_engine(smol_tok):
+    prompt = smol_tok.encode("Q:")
+    text = " The answer is 42.\nQ: next question"
+    script = smol_tok.encode(text)
+    model = ScriptedGPT(smol_tok.vocab_size, prompt + script).eval()
+    engine = Engine(model, smol_tok, max_batch_size=1, max_seq_length=128)
+    for stops, want in ((["\nQ:"], " The answer is 42."), (["swer", "42"], " The an"), (["zzz"], text)):
+        events = _events(engine, prompt, SamplingParams(max_new_tokens=len(script), stop=stops))
+        assert "".join(e.text for e in events) == want, stops
+        assert events[-1].finish_reason == ("length" if want == text else "stop")
+    # an EOS token ends the request ("stop") without text
+    eos_model = ScriptedGPT(smol_tok.vocab_size, prompt + script[:3] + [smol_tok.eos_id] + script[3:])
+    out = generate(eos_model, smol_tok, prompt, SamplingParams(max_new_tokens=20))
+    assert out.finish_reason == "stop" and out.token_ids[-1] == smol_tok.eos_id
+    assert out.text == smol_tok.decode(script[:3])
+
+
+def test_first_piece_keeps_sentencepiece_space():
+    from lmforge.assets import fetch_asset
+    from lmforge.tokenizer import Tokenizer
+
+    spm = Tokenizer.from_gguf(fetch_asset("llama-cpp-vocabs") / "ggml-vocab-llama-spm.gguf")
+    prompt = spm.encode("Hello")
+    script = spm.encode("Hello world 世界 again", bos=True)[len(prompt):]
+    model = ScriptedGPT(spm.vocab_size, prompt + script).eval()
+    assert "".join(stream(model, spm, prompt, SamplingParams(max_new_tokens=len(script)))) == " world 世界 again"
+
+
+@pytest.fixture(scope="module")
+def smol_llm(smol_tok):
+    from lmforge.api import LLM
+
+    model = tiny_gpt(vocab_size=smol_tok.vocab_size, n_embd=32, eos_token_id=smol_tok.eos_id)
+    return LLM(model, smol_tok, model.config)
+
+
+def test_llm_generate_batch_stream_and_stop(smol_llm):
+    prompts = ["Once upon a time", "The capital of France is", "1, 2, 3,", "Hi"]
+    one_by_one = [smol_llm.generate(p, max_new_tokens=12, ignore_eos=True) for p in prompts]
+    assert smol_llm.generate(prompts, max_new_tokens=12, ignore_eos=True, max_batch_size=3) == one_by_one
+    assert all(isinstance(t, str) and t for t in one_by_one)
+    pieces = smol_llm.generate(prompts[0], max_new_tokens=12, ignore_eos=True, stream=True)
+    assert "".join(pieces) == one_by_one[0] and pieces.completion_tokens == 12
+    full = one_by_one[1]
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    assert smol_llm.generate(prompts[1], max_new_tokens=12, ignore_eos=True, stop=stop) == full[: full.index(stop)]
+    sampled = smol_llm.generate(prompts[0], max_new_tokens=12, temperature=0.9, top_p=0.9, seed=3, ignore_eos=True)
+    assert sampled == smol_llm.generate(prompts[0], max_new_tokens=12, temperature=0.9, top_p=0.9, seed=3,
+                                        ignore_eos=True)
+    assert smol_llm.generate(prompts[0], max_new_tokens=12, ignore_eos=True, draft=smol_llm) == one_by_one[0]
+    with pytest.raises(LmforgeError, match="top_p must be in"):
+        smol_llm.generate("x", top_p=1.5)
+    with pytest.raises(LmforgeError, match="temperature must be >= 0"):
+        smol_llm.generate("x", temperature=-1)
+
+
+def test_llm_chat_and_benchmark(smol_llm, smol_tok):
+    from lmforge.prompts import format_chat
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = smol_llm.chat(messages, max_new_tokens=10)
+    ids = smol_tok.encode(format_chat(messages, smol_tok), bos=False)
+    im_end = smol_tok.token_to_id("<|im_end|>")
+    want = generate(smol_llm.model, smol_tok, ids, SamplingParams(max_new_tokens=10, stop_token_ids=[im_end]))
+    assert reply == want.text
+    bench = smol_llm.benchmark(prompt_tokens=8, new_tokens=6)
+    assert bench["new_tokens"] == 6 and bench["tokens_per_s"] > 0 and bench["ttft_s"] > 0

@@ -13,8 +13,8 @@ batching).
         for ev in engine.step():
             print(ev.text, end="")
 
-Text is produced incrementally: a multi-byte UTF-8 character split across tokens is held back
-until complete, and text that could be the start of a stop string is held back until it is known
+Text is produced incrementally (`Tokenizer.stream_decoder`): a multi-byte UTF-8 character split
+across tokens is held back until complete, and text that could be the start of a stop string is held back until it is known
 not to be one. A stop string ends the request ("stop") and is not emitted.
 
 `speculative_generate` decodes greedily with a small draft model proposing `k` tokens that the
@@ -87,42 +87,17 @@ class Completion:
 # ---------------------------------------------------------------------------------------------
 # incremental text: UTF-8-safe detokenization and stop strings
 # ---------------------------------------------------------------------------------------------
-class StreamDecoder:
-    """Turn a growing sequence of token ids into new printable text, one token at a time.
+def stream_decoder(tokenizer: Tokenizer, prompt_ids: Sequence[int]):
+    """The tokenizer's UTF-8-safe incremental decoder, primed with the end of the prompt.
 
-    Decodes a short window of tokens and diffs it against the window's already-emitted prefix,
-    so each step costs O(window), not O(sequence). While the decoded text ends in U+FFFD (an
-    incomplete UTF-8 sequence, e.g. the first byte-token of an emoji) nothing is emitted.
+    Priming matters for tokenizers whose decode depends on the left context (SentencePiece drops
+    the leading space of a text's first word): the first generated word keeps its space.
     """
-
-    def __init__(self, tokenizer: Tokenizer, context_ids: Sequence[int] = (), skip_special_tokens: bool = True) -> None:
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids = list(context_ids[-_DETOK_CONTEXT:]) if context_ids else []
-        self.prefix = 0  # window start: decoded only as left context
-        self.read = len(self.ids)  # tokens before `read` have been emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text it completes ("" while a character is incomplete)."""
-        self.ids.append(token_id)
-        before = self._decode(self.ids[self.prefix:self.read])
-        now = self._decode(self.ids[self.prefix:])
-        if len(now) <= len(before) or now.endswith("\ufffd"):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return now[len(before):]
-
-    def flush(self) -> str:
-        """Text of the held-back tokens, at the end of generation (may contain U+FFFD)."""
-        if self.read == len(self.ids):
-            return ""
-        before = self._decode(self.ids[self.prefix:self.read])
-        now = self._decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return now[len(before):]
+    decoder = tokenizer.stream_decoder(skip_special_tokens=True)
+    for t in prompt_ids[-_DETOK_CONTEXT:]:
+        decoder.push(t)
+    decoder.flush()  # discard the prompt's text
+    return decoder
 
 
 class StopMatcher:
@@ -166,7 +141,7 @@ class _Output:
         self.params = params
         self.eos_ids = set() if params.ignore_eos else eos_ids | set(params.stop_token_ids)
         self.token_ids: list[int] = []
-        self.decoder = StreamDecoder(tokenizer, prompt_ids) if tokenizer is not None else None
+        self.decoder = stream_decoder(tokenizer, prompt_ids) if tokenizer is not None else None
         self.stopper = StopMatcher(params.stop)
         if params.stop and tokenizer is None:
             raise LmforgeError("stop strings need a tokenizer (this model has none); use stop token ids instead")

@@ -28,7 +28,6 @@ from lmforge.config import Config
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from lmforge.tokenizer import Tokenizer

@@ -390,6 +390,11 @@ def test_train_verb(tmp_path, capsys):
     assert hf.encode(sample) == tok.encode(sample)
     ratio = float(out.split(" characters/token")[0].split()[-1])
     assert ratio > 2.5  # a 1000-token BPE compresses English well beyond bytes
+    # a single path, a directory and a glob work too (the CLI passes one string)
+    train(str(tmp_path / "*.txt"), str(tmp_path / "tok2"), vocab_size=500)
+    train(str(tmp_path), str(tmp_path / "tok3"), vocab_size=500)
+    assert "2 file(s)" in capsys.readouterr().out
+    assert Tokenizer.from_dir(tmp_path / "tok3").vocab_size == 500
 
 
 def test_train_verb_errors(tmp_path):

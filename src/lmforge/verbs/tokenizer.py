@@ -9,7 +9,7 @@ from lmforge.errors import LmforgeError
 
 
 def train(
-    files: list[str],
+    files: str | list[str],
     out: str,
     vocab_size: int = 8000,
     min_frequency: int = 2,
@@ -18,7 +18,8 @@ def train(
     """Train a GPT-2 style byte-level BPE tokenizer and save it (tokenizer.json + tokenizer_config.json).
 
     Args:
-        files: training files: .txt (whole text) or .jsonl (each line's "text").
+        files: training text: a .txt file (whole text), a .jsonl file (each line's "text"), a
+            directory (its .txt/.jsonl files), a glob ("data/*.txt"), or a list of those.
         out: output directory.
         vocab_size: vocabulary size, special tokens and the 256 byte tokens included.
         min_frequency: a pair must occur this often to be merged.
@@ -26,6 +27,7 @@ def train(
     """
     from lmforge.tokenizer import iter_text_files, train_bpe
 
+    files = _expand([files] if isinstance(files, str) else list(files))
     if not files:
         raise LmforgeError("no training files given (pass .txt or .jsonl files)")
     for f in files:
@@ -47,3 +49,22 @@ def train(
         f"vocab size {tok.vocab_size:,}, {n_chars / max(n_tokens, 1):.2f} characters/token on the training text; "
         f"saved to {out_dir}"
     )
+
+
+def _expand(items: list[str]) -> list[str]:
+    """Files named directly, the .txt/.jsonl files of directories, and glob matches, in order."""
+    import glob
+
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.iterdir() if p.suffix in (".txt", ".jsonl") and p.is_file())
+        elif any(c in item for c in "*?[") and not path.exists():
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise LmforgeError(f"{item}: no file matches this pattern")
+            out += matches
+        else:
+            out.append(item)
+    return out

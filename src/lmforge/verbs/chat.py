@@ -117,6 +117,9 @@ def chat(
 
         get_style(prompt_style)
 
+    from lmforge.checkpoint import detect_source
+
+    detect_source(source)  # a missing model fails before torch is imported
     from lmforge.api import LLM
     from lmforge.generate import stream
     from lmforge.prompts import resolve_style, stop_strings, stop_tokens

@@ -66,6 +66,9 @@ def generate(
     if prompt == "-":
         prompt = sys.stdin.read()
 
+    from lmforge.checkpoint import detect_source
+
+    detect_source(source)  # a missing model fails before torch is imported
     from lmforge.api import LLM
 
     llm = LLM.load(source, device=device, dtype=dtype)

@@ -412,3 +412,43 @@ def test_llm_chat_and_benchmark(smol_llm, smol_tok):
     assert reply == want.text
     bench = smol_llm.benchmark(prompt_tokens=8, new_tokens=6)
     assert bench["new_tokens"] == 6 and bench["tokens_per_s"] > 0 and bench["ttft_s"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the real SmolLM2-135M-Instruct (slow)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2():
+    from lmforge.api import LLM
+    from lmforge.assets import fetch_asset
+
+    return LLM.load(fetch_asset("smollm2-135m-instruct"), device="cpu", dtype="float32")
+
+
+@pytest.mark.slow
+def test_smollm2_answers_paris(smollm2):
+    reply = smollm2.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=24)
+    assert "Paris" in reply, reply
+    batched = smollm2.generate(["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"], max_new_tokens=16)
+    assert batched == [smollm2.generate(p, max_new_tokens=16) for p in
+                       ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4,"]]
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_matches_transformers(smollm2):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from lmforge.assets import fetch_asset
+    from lmforge.prompts import encode_chat
+
+    path = fetch_asset("smollm2-135m-instruct")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    tok = smollm2.tokenizer
+    texts = ["The capital of France is", "Once upon a time, there was a", "def add(a, b):\n"]
+    chat = encode_chat([{"role": "user", "content": "Name three colors."}], tok, smollm2.config)
+    for ids in [tok.encode(t) for t in texts] + [chat]:
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                              eos_token_id=tok.eos_ids, pad_token_id=tok.eos_id)[0, len(ids):].tolist()
+        assert generate(smollm2.model, tok, ids, SamplingParams(max_new_tokens=24)).token_ids == ref

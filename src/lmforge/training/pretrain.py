@@ -135,6 +135,8 @@ class EvalArgs:
     """Prompt of the greedy sample printed at each evaluation ("" for none)."""
     sample_tokens: int = 40
     """Length of that sample."""
+    sample_repetition_penalty: float = 1.0
+    """Repetition penalty of the sample (>1 keeps an early model from looping on one token)."""
 
     def __post_init__(self) -> None:
         if self.interval < 1 or self.val_batches < 0 or self.sample_tokens < 0:
@@ -692,7 +694,8 @@ class _Run:
         ids = self.tokenizer.encode(prompt, bos=False)
         n = min(self.cfg.eval.sample_tokens, self.config.block_size - len(ids))
         with torch.no_grad():
-            out = generate(model, self.tokenizer, ids, SamplingParams(max_new_tokens=n, temperature=0.0))
+            out = generate(model, self.tokenizer, ids, SamplingParams(
+                max_new_tokens=n, temperature=0.0, repetition_penalty=self.cfg.eval.sample_repetition_penalty))
         text = prompt + out.text
         print(f"sample @ {step}: {text!r}", flush=True)
         log.text("sample", text, step)
@@ -812,8 +815,23 @@ def demo_pretrain(out_dir: str | Path, minutes: float = 3.0, vocab_size: int = 4
         tok = train_bpe(files, vocab_size=vocab_size)
         tok.save(tok_dir)
     prepare(str(corpus), tokenizer=str(tok_dir), out_dir=str(out / "data"), val_fraction=0.1, workers=2)
-    cfg = load_config(config or DEMO_CONFIG, out_dir=str(out / "run"), **{"data.dir": str(out / "data"),
-                                                                         "train.max_minutes": minutes})
+    t0 = time.perf_counter()
+    cfg = load_config(config or DEMO_CONFIG, out_dir=str(out / "run"), **{"data.dir": str(out / "data")})
+    # fit the cosine schedule to the time budget: time two steps of this model on this machine first
+    probe = dataclasses.replace(cfg, out_dir=str(out / "calibrate"), resume=False,
+                                train=dataclasses.replace(cfg.train, max_steps=2, max_minutes=None),
+                                eval=dataclasses.replace(cfg.eval, initial=False, val_batches=0, sample_prompt=""),
+                                log=dataclasses.replace(cfg.log, tensorboard=False, plot=False))
+    print("timing two training steps to fit the schedule to the time budget", flush=True)
+    per_step = pretrain(probe)["seconds"] / 2
+    shutil.rmtree(out / "calibrate", ignore_errors=True)
+    budget = max(60 * minutes - (time.perf_counter() - t0), per_step * 10)
+    steps = max(10, int(0.85 * budget / per_step))  # ~15% for evaluations and checkpoints
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, max_steps=steps, max_minutes=budget / 60,
+                                       warmup_steps=min(cfg.train.warmup_steps, steps // 10)),
+        eval=dataclasses.replace(cfg.eval, interval=max(1, steps // 4)))
+    print(f"{per_step:.1f} s/step here: training {steps} steps", flush=True)
     summary = pretrain(cfg)
     if summary.get("initial_val_loss") is not None and summary.get("val_loss") is not None:
         print(f"val loss: {summary['initial_val_loss']:.3f} untrained -> {summary['val_loss']:.3f} after "

@@ -14,8 +14,8 @@ batching).
             print(ev.text, end="")
 
 Text is produced incrementally (`Tokenizer.stream_decoder`): a multi-byte UTF-8 character split
-across tokens is held back until complete, and text that could be the start of a stop string is held back until it is known
-not to be one. A stop string ends the request ("stop") and is not emitted.
+across tokens is held back until complete, and text that could be the start of a stop string is
+held back until it is known not to be one. A stop string ends the request ("stop") and is not emitted.
 
 `speculative_generate` decodes greedily with a small draft model proposing `k` tokens that the
 target verifies in one forward pass; its output is identical to plain greedy decoding.
@@ -408,7 +408,8 @@ class Engine:
         return Event(req.id, token, text, reason is not None, reason, len(req.prompt), len(req.out.token_ids))
 
     # -- conveniences -----------------------------------------------------------------------
-    def run(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
+    def run(self, prompts: Sequence[Sequence[int]],
+            params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
         """Generate for several prompts (batched, continuous) and return them in order."""
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
@@ -442,7 +443,8 @@ class Engine:
             self.cancel(rid)
 
 
-def _engine_length(model: GPT, prompts: Sequence[Sequence[int]], params: SamplingParams, max_seq_length: int | None) -> int:
+def _engine_length(model: GPT, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                   max_seq_length: int | None) -> int:
     """A cache just long enough for these prompts (a full-context cache can be gigabytes)."""
     if max_seq_length:
         return max_seq_length
@@ -650,7 +652,8 @@ def speculative_generate(
         stats: filled with acceptance figures when given.
     """
     pieces, tokens, reason = [], [], None
-    for text, token, reason in _speculative_events(model, draft, prompt_ids, params or SamplingParams(), k, tokenizer, stats):
+    events = _speculative_events(model, draft, prompt_ids, params or SamplingParams(), k, tokenizer, stats)
+    for text, token, reason in events:
         pieces.append(text)
         tokens.append(token)
     return Completion("".join(pieces), tokens, reason, len(prompt_ids))
@@ -672,7 +675,8 @@ def _speculative_events(model, draft, prompt_ids, params, k, tokenizer, stats):
 
 
 def speculative_stream(model: GPT, draft: GPT, prompt_ids: Sequence[int], params: SamplingParams | None = None,
-                       k: int = 4, tokenizer: Tokenizer | None = None, stats: SpeculativeStats | None = None) -> TextStream:
+                       k: int = 4, tokenizer: Tokenizer | None = None,
+                       stats: SpeculativeStats | None = None) -> TextStream:
     """`speculative_generate` as a `TextStream` of text pieces."""
     params = params or SamplingParams()
     if not params.greedy or params.repetition_penalty != 1.0:  # fail now, not at the first piece

@@ -85,7 +85,7 @@ def chat(
     device: str | None = None,
     dtype: str | None = None,
 ) -> None:
-    """Chat with a model in the terminal (multi-turn, streamed replies).
+    """Chat in the terminal: Enter sends, a trailing \\ continues, /paste…/end, /reset, /exit or empty line quits.
 
     Enter sends a message; a line ending with `\\` continues on the next line; `/paste` starts a
     multi-line block that ends with a line holding only `/end`. `/reset` clears the history;

@@ -4,8 +4,10 @@ Why our own kernels: decoding one token reads every weight once, so the speed of
 decoder is set by the bytes it reads per token. Storing weights as int8 or bf16 reads 4x / 2x fewer
 bytes than fp32, but PyTorch's CPU kernels for such weights are slow on AVX2 machines
 (`aten._weight_int8pack_mm` is ~10x slower than an fp32 GEMV here, `_int_mm` and inductor-generated
-dequant-GEMVs too). The kernels below are plain C with AVX2 intrinsics; they run on torch's own
-OpenMP runtime (the library links `libgomp.so.1`, which resolves to the copy torch already loaded).
+dequant-GEMVs too). The kernels below are plain C with AVX2 intrinsics and their own small
+work-sharing thread pool (`torch.get_num_threads()` threads in all): on a busy machine an OpenMP
+team waits at every barrier for its slowest, descheduled thread, and a token runs 100+ matrix
+products; here the caller never waits for a helper thread that has not started.
 
 The shared library is built once per source version with the system C compiler (`$CC`, else `cc`)
 and cached in `$LMFORGE_HOME/kernels/`. Without a compiler or AVX2, `load()` returns None and
@@ -26,10 +28,105 @@ from pathlib import Path
 
 _SOURCE = r"""
 #include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <math.h>
 
+/* ---- a work-sharing pool that never waits for a helper that has not started -------------------
+ * The caller publishes a job of `n` chunks and starts claiming chunks itself; helper threads claim
+ * chunks too when they get a CPU. The caller waits only for chunks a helper has already claimed.
+ * On a busy machine an OpenMP team waits at its barrier for every thread to be scheduled, 100+
+ * times per token; here a descheduled helper costs nothing. A chunk is claimed with one CAS on
+ * `ticket` = (job sequence << 24) | next chunk, so a late helper cannot claim a chunk of a newer
+ * job with the arguments of an older one. */
+typedef void (*chunk_fn)(const void* args, int64_t chunk);
+#define MAX_HELPERS 63
+#define CHUNK_BITS 24
+static pthread_mutex_t job_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
+static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
+static _Atomic long ticket;
+static _Atomic long done;
+static _Atomic(chunk_fn) job_fn;
+static _Atomic(const void*) job_args;
+static _Atomic long job_n;
+static _Atomic int job_helpers;
+static long job_seq;
+static int n_helpers;
+
+static int claim(long* t_seen, chunk_fn* fn, const void** args, long* chunk, int id) {
+    for (;;) {
+        long t = atomic_load(&ticket);
+        *fn = atomic_load(&job_fn);
+        *args = atomic_load(&job_args);
+        long n = atomic_load(&job_n);
+        int helpers = atomic_load(&job_helpers);
+        *t_seen = t;
+        if ((t & ((1L << CHUNK_BITS) - 1)) >= n || id > helpers) return 0;
+        if (atomic_compare_exchange_weak(&ticket, &t, t + 1)) {
+            *chunk = t & ((1L << CHUNK_BITS) - 1);
+            return 1;
+        }
+    }
+}
+
+static void* helper_main(void* arg) {
+    int id = (int)(intptr_t)arg, spins = 0;
+    for (;;) {
+        long t, chunk;
+        chunk_fn fn;
+        const void* args;
+        while (claim(&t, &fn, &args, &chunk, id)) {
+            fn(args, chunk);
+            atomic_fetch_add(&done, 1);
+            spins = 0;
+        }
+        if (++spins < 2000) { _mm_pause(); continue; }  /* a few microseconds: the next call is near */
+        pthread_mutex_lock(&wake_mu);
+        while (atomic_load(&ticket) == t) pthread_cond_wait(&wake_cv, &wake_mu);
+        pthread_mutex_unlock(&wake_mu);
+        spins = 0;
+    }
+    return 0;
+}
+
+static void run_job(chunk_fn fn, const void* args, long n, int nthreads) {
+    int helpers = nthreads - 1 < MAX_HELPERS ? nthreads - 1 : MAX_HELPERS;
+    if (helpers <= 0 || n <= 1 || pthread_mutex_trylock(&job_lock) != 0) {
+        for (long c = 0; c < n; c++) fn(args, c);  /* serial, or another thread holds the pool */
+        return;
+    }
+    while (n_helpers < helpers) {
+        pthread_t th;
+        if (pthread_create(&th, 0, helper_main, (void*)(intptr_t)(n_helpers + 1)) != 0) break;
+        pthread_detach(th);
+        n_helpers++;
+    }
+    job_seq++;
+    atomic_store(&done, 0);
+    atomic_store(&job_fn, fn);
+    atomic_store(&job_args, args);
+    atomic_store(&job_n, n);
+    atomic_store(&job_helpers, helpers);
+    atomic_store(&ticket, job_seq << CHUNK_BITS);  /* publish */
+    pthread_mutex_lock(&wake_mu);
+    pthread_cond_broadcast(&wake_cv);
+    pthread_mutex_unlock(&wake_mu);
+    long t, chunk, mine = 0;
+    chunk_fn f;
+    const void* a;
+    while (claim(&t, &f, &a, &chunk, 0)) { fn(args, chunk); mine++; }
+    for (int spin = 0; atomic_load(&done) + mine < n; spin++) {  /* only chunks a helper is running */
+        if (spin < 1000) _mm_pause(); else sched_yield();  /* a descheduled helper needs our CPU */
+    }
+    atomic_store(&job_n, 0);
+    pthread_mutex_unlock(&job_lock);
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
 static inline float hsum_ps(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -38,43 +135,33 @@ static inline float hsum_ps(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-static inline void store_rows(float* y, const float* r, int64_t n0, int64_t nr, float xs,
-                              const float* scale, const float* bias) {
+typedef struct {
+    const float* x; const void* w; const float* scale; const float* bias; float* y;
+    const int16_t* xq; const float* xs; int64_t M, N, K, rows;
+} linear_args;
+
+static inline void store_rows(const linear_args* a, int64_t m, int64_t n0, int64_t nr, const float* r, float xs) {
     for (int64_t i = 0; i < nr; i++) {
         float v = r[i] * xs;
-        if (scale) v *= scale[n0 + i];
-        if (bias) v += bias[n0 + i];
-        y[n0 + i] = v;
+        if (a->scale) v *= a->scale[n0 + i];
+        if (a->bias) v += a->bias[n0 + i];
+        a->y[m * a->N + n0 + i] = v;
     }
 }
 
-/* y[M,N] = (x[M,K] @ w[N,K]^T) * scale[N] + bias[N], w int8, K % 16 == 0.
- * Each row of x is rounded to int16 with its own scale (max|x| / 32767: relative error <= 1.5e-5 of
- * the row's largest value), so the products run as 16-bit integer multiply-adds (vpmaddwd), about
- * half the instructions of int8 -> fp32 conversion + FMA. int32 sums are flushed to fp32 every
- * 2048 columns, so they cannot overflow. */
-void lmf_linear_i8(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
-                   int64_t M, int64_t N, int64_t K, int nthreads) {
-    int16_t* xq = (int16_t*)aligned_alloc(32, (size_t)(M * K * 2 + 32));
-    float* xs = (float*)malloc((size_t)M * sizeof(float));
-    for (int64_t m = 0; m < M; m++) {
-        const float* xm = x + m * K;
-        float amax = 0.f;
-        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xm[k]));
-        float s = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / s;
-        xs[m] = s;
-        for (int64_t k = 0; k < K; k++) xq[m * K + k] = (int16_t)lrintf(xm[k] * inv);
-    }
-    int64_t nblk = (N + 3) / 4;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t b = 0; b < nblk; b++) {
-        int64_t n0 = b * 4, nr = N - n0 < 4 ? N - n0 : 4;
-        const int8_t* w0 = w + n0 * K;
+/* int8 weights, int16 activations: 16 products per vpmaddwd; int32 sums flushed to fp32 every
+ * 2048 columns so they cannot overflow. Rows [chunk*rows, +rows), 4 at a time. */
+static void i8_chunk(const void* args, int64_t chunk) {
+    const linear_args* a = (const linear_args*)args;
+    const int64_t K = a->K, lo = chunk * a->rows, hi = lo + a->rows < a->N ? lo + a->rows : a->N;
+    for (int64_t n0 = lo; n0 < hi; n0 += 4) {
+        int64_t nr = hi - n0 < 4 ? hi - n0 : 4;
+        const int8_t* w0 = (const int8_t*)a->w + n0 * K;
         const int8_t* w1 = nr > 1 ? w0 + K : w0;
         const int8_t* w2 = nr > 2 ? w0 + 2 * K : w0;
         const int8_t* w3 = nr > 3 ? w0 + 3 * K : w0;
-        for (int64_t m = 0; m < M; m++) {
-            const int16_t* xm = xq + m * K;
+        for (int64_t m = 0; m < a->M; m++) {
+            const int16_t* xm = a->xq + m * K;
             __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
             for (int64_t c = 0; c < K; c += 2048) {
                 int64_t end = c + 2048 < K ? c + 2048 : K;
@@ -92,52 +179,91 @@ void lmf_linear_i8(const float* x, const int8_t* w, const float* scale, const fl
                 f3 = _mm256_add_ps(f3, _mm256_cvtepi32_ps(a3));
             }
             float r[4] = {hsum_ps(f0), hsum_ps(f1), hsum_ps(f2), hsum_ps(f3)};
-            store_rows(y + m * N, r, n0, nr, xs[m], scale, bias);
+            store_rows(a, m, n0, nr, r, a->xs[m]);
         }
     }
-    free(xq);
-    free(xs);
 }
 
-/* 8 weights -> 8 floats */
 static inline __m256 ld_bf16(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 static inline __m256 ld_f32(const float* p) { return _mm256_loadu_ps(p); }
 
-/* y[M,N] = x[M,K] @ w[N,K]^T + bias[N] with fp32 accumulation, K % 8 == 0. */
-#define FLOAT_GEMV(NAME, T, LD)                                                                       \
-void NAME(const float* x, const T* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K,  \
-          int nthreads) {                                                                             \
-    int64_t nblk = (N + 3) / 4;                                                                       \
-    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                                \
-    for (int64_t b = 0; b < nblk; b++) {                                                              \
-        int64_t n0 = b * 4, nr = N - n0 < 4 ? N - n0 : 4;                                             \
-        const T* w0 = w + n0 * K;                                                                     \
-        const T* w1 = nr > 1 ? w0 + K : w0;                                                           \
-        const T* w2 = nr > 2 ? w0 + 2 * K : w0;                                                       \
-        const T* w3 = nr > 3 ? w0 + 3 * K : w0;                                                       \
-        for (int64_t m = 0; m < M; m++) {                                                             \
-            const float* xm = x + m * K;                                                              \
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                               \
-            for (int64_t k = 0; k < K; k += 8) {                                                      \
-                __m256 xv = _mm256_loadu_ps(xm + k);                                                  \
-                a0 = _mm256_fmadd_ps(LD(w0 + k), xv, a0);                                             \
-                a1 = _mm256_fmadd_ps(LD(w1 + k), xv, a1);                                             \
-                a2 = _mm256_fmadd_ps(LD(w2 + k), xv, a2);                                             \
-                a3 = _mm256_fmadd_ps(LD(w3 + k), xv, a3);                                             \
-            }                                                                                         \
-            float r[4] = {hsum_ps(a0), hsum_ps(a1), hsum_ps(a2), hsum_ps(a3)};                        \
-            store_rows(y + m * N, r, n0, nr, 1.f, 0, bias);                                           \
-        }                                                                                             \
-    }                                                                                                 \
+/* fp32 accumulation over bf16 or fp32 weights, 4 rows at a time */
+#define FLOAT_CHUNK(NAME, T, LD)                                                                      \
+static void NAME(const void* args, int64_t chunk) {                                                  \
+    const linear_args* a = (const linear_args*)args;                                                 \
+    const int64_t K = a->K, lo = chunk * a->rows, hi = lo + a->rows < a->N ? lo + a->rows : a->N;     \
+    for (int64_t n0 = lo; n0 < hi; n0 += 4) {                                                        \
+        int64_t nr = hi - n0 < 4 ? hi - n0 : 4;                                                      \
+        const T* w0 = (const T*)a->w + n0 * K;                                                       \
+        const T* w1 = nr > 1 ? w0 + K : w0;                                                          \
+        const T* w2 = nr > 2 ? w0 + 2 * K : w0;                                                      \
+        const T* w3 = nr > 3 ? w0 + 3 * K : w0;                                                      \
+        for (int64_t m = 0; m < a->M; m++) {                                                         \
+            const float* xm = a->x + m * K;                                                          \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
+            for (int64_t k = 0; k < K; k += 8) {                                                     \
+                __m256 xv = _mm256_loadu_ps(xm + k);                                                 \
+                a0 = _mm256_fmadd_ps(LD(w0 + k), xv, a0);                                            \
+                a1 = _mm256_fmadd_ps(LD(w1 + k), xv, a1);                                            \
+                a2 = _mm256_fmadd_ps(LD(w2 + k), xv, a2);                                            \
+                a3 = _mm256_fmadd_ps(LD(w3 + k), xv, a3);                                            \
+            }                                                                                        \
+            float r[4] = {hsum_ps(a0), hsum_ps(a1), hsum_ps(a2), hsum_ps(a3)};                       \
+            store_rows(a, m, n0, nr, r, 1.f);                                                        \
+        }                                                                                            \
+    }                                                                                                \
+}
+FLOAT_CHUNK(bf16_chunk, uint16_t, ld_bf16)
+FLOAT_CHUNK(f32_chunk, float, ld_f32)
+
+/* rows per chunk: ~32 KB of weights, a multiple of 4 */
+static int64_t chunk_rows(int64_t K, int64_t elt) {
+    int64_t r = (32768 / (K * elt) + 3) & ~3L;
+    return r < 4 ? 4 : r;
 }
 
-FLOAT_GEMV(lmf_linear_bf16, uint16_t, ld_bf16)
-FLOAT_GEMV(lmf_linear_f32, float, ld_f32)
+static void run_linear(chunk_fn fn, linear_args* a, int64_t elt, int nthreads) {
+    a->rows = chunk_rows(a->K, elt);
+    run_job(fn, a, (a->N + a->rows - 1) / a->rows, nthreads);
+}
+
+/* y[M,N] = (x[M,K] @ w[N,K]^T) * scale[N] + bias[N]; w int8, K % 16 == 0. Each row of x is rounded
+ * to int16 with its own scale (max|x| / 32767: error <= 1.5e-5 of the row's largest value). */
+void lmf_linear_i8(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
+                   int64_t M, int64_t N, int64_t K, int nthreads) {
+    int16_t* xq = (int16_t*)aligned_alloc(32, (size_t)((M * K * 2 + 31) & ~31L));
+    float* xs = (float*)malloc((size_t)M * sizeof(float));
+    for (int64_t m = 0; m < M; m++) {
+        const float* xm = x + m * K;
+        float amax = 0.f;
+        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xm[k]));
+        float s = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / s;
+        xs[m] = s;
+        for (int64_t k = 0; k < K; k++) xq[m * K + k] = (int16_t)lrintf(xm[k] * inv);
+    }
+    linear_args a = {x, w, scale, bias, y, xq, xs, M, N, K, 0};
+    run_linear(i8_chunk, &a, 1, nthreads);
+    free(xq);
+    free(xs);
+}
+
+/* y[M,N] = x[M,K] @ w[N,K]^T + bias[N]; w bf16 (raw uint16 bits) or fp32, K % 8 == 0. */
+void lmf_linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
+                     int64_t M, int64_t N, int64_t K, int nthreads) {
+    linear_args a = {x, w, 0, bias, y, 0, 0, M, N, K, 0};
+    run_linear(bf16_chunk, &a, 2, nthreads);
+}
+
+void lmf_linear_f32(const float* x, const float* w, const float* bias, float* y,
+                    int64_t M, int64_t N, int64_t K, int nthreads) {
+    linear_args a = {x, w, 0, bias, y, 0, 0, M, N, K, 0};
+    run_linear(f32_chunk, &a, 4, nthreads);
+}
 """
 
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-pthread", "-shared", "-fPIC"]
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -179,8 +305,6 @@ def load() -> ctypes.CDLL | None:
     _tried = True
     if os.environ.get("LMFORGE_NO_KERNELS") or not supported():
         return None
-    import torch  # noqa: F401  (torch's libgomp must be loaded before ours resolves libgomp.so.1)
-
     digest = hashlib.sha256((_SOURCE + " ".join(_FLAGS)).encode()).hexdigest()[:16]
     path = _cache_dir() / "kernels" / f"lmf_cpu_{digest}.so"
     try:

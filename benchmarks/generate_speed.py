@@ -14,6 +14,7 @@ Variants:
     hf      transformers `model.generate(do_sample=False)`, fp32 (the reference)
     raw     lmforge `model.forward` loop with a KVCache, greedy, `logits_to_keep=1`, fp32
     engine  lmforge `generate.generate` (Engine, SamplingParams, ignore_eos), fp32
+    fp32k   raw loop after `quantize_model(model, "fp32")` (same fp32 weights, lmforge's CPU kernels)
     int8    raw loop after `quantize_model(model, "int8")` (weight-only int8, per-channel scales)
     bf16    raw loop after `quantize_model(model, "bf16")` (bf16 weights, fp32 activations)
 tokens/s counts the new tokens over the whole call (prefill of the short prompt included) for every
@@ -36,7 +37,7 @@ import torch
 from lmforge.config import Config
 from lmforge.model import GPT
 
-VARIANTS = ("hf", "raw", "engine", "int8", "bf16")
+VARIANTS = ("hf", "raw", "engine", "fp32k", "int8", "bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,12 +163,12 @@ def bench_model(name: str, args, tmp: Path, buf) -> list[dict]:
     long_prompt = torch.randint(0, model.config.vocab_size, (args.ttft_prompt,), generator=g)
 
     models = {"hf": hf, "raw": model, "engine": model}
-    for mode in ("int8", "bf16"):
-        if mode in args.variants:
-            models[mode] = quantize_model(copy.deepcopy(model), mode)
+    for variant, mode in (("fp32k", "fp32"), ("int8", "int8"), ("bf16", "bf16")):
+        if variant in args.variants:
+            models[variant] = quantize_model(copy.deepcopy(model), mode)
     runners = {
         "hf": lambda m, p, n: hf_decode(m, p, n),
-        "raw": raw_decode, "engine": engine_decode, "int8": raw_decode, "bf16": raw_decode,
+        "raw": raw_decode, "engine": engine_decode, "fp32k": raw_decode, "int8": raw_decode, "bf16": raw_decode,
     }
     variants = [v for v in args.variants if v in models]
     nbytes = {v: weight_bytes(models[v]) for v in variants}
@@ -223,7 +224,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="smollm2-random,pythia-random", help=f"comma list of {list(MODELS)}")
-    p.add_argument("--variants", default="hf,raw,engine,int8,bf16", help=f"comma list of {VARIANTS}")
+    p.add_argument("--variants", default="hf,raw,engine,fp32k,int8,bf16", help=f"comma list of {VARIANTS}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt-tokens", type=int, default=32)

@@ -40,11 +40,14 @@ class LLM:
 
     @classmethod
     def load(cls, source: str | Path, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None) -> LLM:
-        """Load from an lmforge checkpoint dir, an HF model dir, a .gguf file or an HF repo id."""
+             dtype: str | torch.dtype | None = None, quantize: str | None = None) -> LLM:
+        """Load from an lmforge checkpoint dir, an HF model dir, a .gguf file or an HF repo id.
+
+        `quantize="int8"` (or "bf16") stores the weights that way for faster CPU decoding.
+        """
         from lmforge.checkpoint import load_source
 
-        model, tokenizer, config = load_source(source, device=device, dtype=dtype)
+        model, tokenizer, config = load_source(source, device=device, dtype=dtype, quantize=quantize)
         return cls(model, tokenizer, config, source=str(source))
 
     @property

@@ -199,7 +199,8 @@ def load_source_parts(source: str | Path) -> tuple[Config, dict[str, torch.Tenso
 
 
 def load_source(
-    source: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    source: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+    quantize: str | None = None,
 ) -> tuple[GPT, Tokenizer | None, Config]:
     """Load a model ready for inference from any SOURCE (see module docstring).
 
@@ -207,6 +208,7 @@ def load_source(
         source: lmforge dir, HF dir, .gguf file or HF repo id.
         device: "cpu", "cuda", "auto" (default: cuda when available).
         dtype: "float32", "bfloat16", "float16" (default: float32 on CPU, bfloat16 on CUDA).
+        quantize: "int8" / "bf16" weight-only inference mode (`lmforge.quantize`), or None.
     """
     import torch
 
@@ -218,4 +220,8 @@ def load_source(
     sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in sd.items()}
     model = GPT.from_state_dict(config, sd, source=str(source))
     model.eval()
+    if quantize not in (None, "none"):
+        from lmforge.quantize import quantize_model
+
+        quantize_model(model, quantize)
     return model, tokenizer, config

@@ -32,6 +32,9 @@ class RMSNorm(nn.Module):
         self.unit_offset = unit_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.unit_offset and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # one fused op instead of seven (the same fp32 arithmetic): matters when decoding
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
         dtype = x.dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -97,6 +100,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
+
+
+def apply_rope_signed(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` in three ops: `sin_signed` is sin with its first half negated (see `GPT._rope`).
+
+    rotate_half(x) * sin == roll(x, n/2) * sin_signed, exactly (a negation is exact).
+    """
+    n_rot = cos.size(-1)
+    if n_rot < x.size(-1):
+        return torch.cat((apply_rope_signed(x[..., :n_rot], cos, sin_signed), x[..., n_rot:]), dim=-1)
+    return torch.addcmul(x * cos, torch.roll(x, n_rot // 2, dims=-1), sin_signed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +190,7 @@ class Attention(nn.Module):
         if cfg.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope_signed(q, cos, sin), apply_rope_signed(k, cos, sin)
 
         if ctx.cache is not None:
             k, v = ctx.cache.write(self.layer_idx, k, v, ctx.pos, ctx.rows, ctx.kv_len)  # (B, ng, S, hs)
@@ -409,9 +423,7 @@ class GPT(nn.Module):
             x = x + self.embed_positions(pos)
             cos = sin = None
         else:
-            freqs = pos[:, None, :, None].float() * self.inv_freq  # (B, 1, T, n_rot/2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+            cos, sin = self._rope(pos, x.dtype)  # (B, 1, T, n_rot) each; sin has its first half negated
 
         ctx = self._context(pos, cache, rows, default_pos)
         for block in self.layers:
@@ -425,6 +437,28 @@ class GPT(nn.Module):
         if cfg.final_logit_softcap is not None:
             logits = torch.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
         return logits
+
+    def _rope(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for `pos` (B, T), looked up in a table grown on demand.
+
+        The table holds exactly what computing `pos * inv_freq` per call gives, so results do not
+        depend on it; it saves five ops per forward. It is rebuilt when `inv_freq` changes.
+        """
+        need = int(pos.max()) + 1 if pos.numel() else 1
+        table = self.__dict__.get("_rope_table")
+        if (table is None or table[0].size(0) < need or table[2] is not self.inv_freq
+                or table[0].device != pos.device or table[0].dtype != dtype):
+            size = max(need, 2 * table[0].size(0) if table is not None else 256)
+            size = min(max(size, need), max(self.config.block_size, need))
+            freqs = torch.arange(size, device=pos.device).float()[:, None] * self.inv_freq  # (S, n_rot/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            sin = emb.sin()
+            half = sin.size(-1) // 2
+            sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+            table = (emb.cos().to(dtype), sin_signed.to(dtype), self.inv_freq)
+            self.__dict__["_rope_table"] = table  # a plain attribute: not a buffer, not in state_dict
+        cos, sin = table[0][pos], table[1][pos]  # (B, T, n_rot)
+        return cos[:, None], sin[:, None]
 
     def _context(self, pos: torch.Tensor, cache: KVCache | None, rows, default_pos: bool) -> _Context:
         cfg = self.config
@@ -443,6 +477,9 @@ class GPT(nn.Module):
         kv_len = int(pos.max()) + 1
         if kv_len > cache.max_seq_length:
             raise ValueError(f"position {kv_len - 1} is beyond the KV cache length {cache.max_seq_length}")
+        if B == 1 and T == 1 and (window is None or kv_len <= window):
+            # a single decoding token sees every filled slot: no mask to build
+            return _Context(pos, cache, rows, kv_len, None, None, causal=False)
         j = torch.arange(kv_len, device=pos.device)
         p = pos[:, None, :, None]  # (B, 1, T, 1)
         mask = j <= p  # (B, 1, T, S)

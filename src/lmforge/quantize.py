@@ -26,18 +26,21 @@ import torch.nn.functional as F
 from lmforge import cpu_kernels
 from lmforge.errors import LmforgeError
 
-Mode = Literal["int8", "bf16"]
-MODES: tuple[str, ...] = ("int8", "bf16")
+Mode = Literal["int8", "bf16", "fp32"]
+MODES: tuple[str, ...] = ("int8", "bf16", "fp32")
 # Up to this many rows (tokens x batch) the kernel's weight-streaming GEMV wins; above, the work is
 # compute-bound and MKL's blocked GEMM on a dequantized copy is faster.
 KERNEL_MAX_ROWS = 16
 
 
 class QuantizedLinear(nn.Module):
-    """A drop-in `nn.Linear` replacement holding its weight as int8 (+ per-row scale) or bf16.
+    """A drop-in `nn.Linear` replacement holding its weight as int8 (+ per-row scale), bf16 or fp32.
+
+    "fp32" keeps the weight as it is and only routes the few-rows case to the CPU kernels (their
+    thread pool copes better with a busy machine than MKL's OpenMP GEMV).
 
     Attributes:
-        weight: (out, in) int8 or bf16, a frozen parameter (same name as in `nn.Linear`).
+        weight: (out, in) int8, bf16 or fp32, a frozen parameter (same name as in `nn.Linear`).
         scale: (out,) fp32 per-output-channel scale (int8 only): `w ≈ weight * scale[:, None]`.
         bias: fp32 or None.
     """
@@ -56,7 +59,8 @@ class QuantizedLinear(nn.Module):
             self.weight = nn.Parameter(q.contiguous(), requires_grad=False)
             self.register_buffer("scale", scale.contiguous())
         else:
-            self.weight = nn.Parameter(w.to(torch.bfloat16).contiguous(), requires_grad=False)
+            dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+            self.weight = nn.Parameter(w.to(dtype).contiguous(), requires_grad=False)
             self.scale = None
         bias = linear.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().contiguous(), requires_grad=False)
@@ -72,8 +76,11 @@ class QuantizedLinear(nn.Module):
         lib = cpu_kernels.load() if x.device.type == "cpu" else None
         if lib is not None and x2.size(0) <= KERNEL_MAX_ROWS and self.in_features % 16 == 0:
             y = self._kernel(lib, x2.float().contiguous())
+        elif self.scale is not None:  # scale the (N-wide) output, not the (N x K) weight
+            y = torch.addcmul(self.bias, F.linear(x2.float(), self.weight.float()), self.scale) \
+                if self.bias is not None else F.linear(x2.float(), self.weight.float()) * self.scale
         else:
-            y = F.linear(x2.float(), self.dequantized(), self.bias)
+            y = F.linear(x2.float(), self.weight.float(), self.bias)
         return y.to(dtype).view(*shape[:-1], self.out_features)
 
     def _kernel(self, lib, x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +92,8 @@ class QuantizedLinear(nn.Module):
             lib.lmf_linear_i8(x.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(), bias, y.data_ptr(),
                               M, self.out_features, self.in_features, threads)
         else:
-            lib.lmf_linear_bf16(x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(),
-                                M, self.out_features, self.in_features, threads)
+            fn = lib.lmf_linear_bf16 if self.mode == "bf16" else lib.lmf_linear_f32
+            fn(x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(), M, self.out_features, self.in_features, threads)
         return y
 
     def extra_repr(self) -> str:
@@ -101,7 +108,8 @@ def quantize_model(model: nn.Module, mode: Mode | str | None = "int8", skip: tup
 
     Args:
         model: a model in eval mode (e.g. `lmforge.model.GPT`); any nn.Module works.
-        mode: "int8" (per-channel scales) or "bf16"; None or "none" leaves the model unchanged.
+        mode: "int8" (per-channel scales), "bf16", or "fp32" (weights unchanged, CPU kernels only);
+            None or "none" leaves the model unchanged.
         skip: module names (as in `named_modules`) to leave in full precision, e.g. `("lm_head",)`.
 
     Returns:

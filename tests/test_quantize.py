@@ -1,0 +1,212 @@
+"""Weight-only int8 / bf16 inference modes: kernel arithmetic, logits and greedy parity, names, loading."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge import cpu_kernels
+from lmforge.api import LLM
+from lmforge.checkpoint import save_checkpoint
+from lmforge.config import Config
+from lmforge.errors import LmforgeError
+from lmforge.model import GPT
+from lmforge.quantize import KERNEL_MAX_ROWS, QuantizedLinear, quantize_model
+
+needs_kernels = pytest.mark.skipif(cpu_kernels.load() is None, reason="no AVX2 CPU or no C compiler")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def tiny_gpt(seed: int = 0, std: float = 0.3, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = Config(**{**dict(vocab_size=256, n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128,
+                           block_size=128, tie_embeddings=True), **kw})
+    model = GPT(cfg)
+    model.init_weights(std=std)  # large weights: confident, varied next-token choices
+    return model.eval()
+
+
+@torch.inference_mode()
+def greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    cache = model.new_kv_cache(1, len(prompt) + n)
+    logits = model(torch.tensor([prompt]), input_pos=torch.arange(len(prompt)), cache=cache, logits_to_keep=1)
+    out = []
+    for i in range(n):
+        out.append(int(logits[0, -1].argmax()))
+        logits = model(torch.tensor([[out[-1]]]), input_pos=torch.tensor([len(prompt) + i]), cache=cache,
+                       logits_to_keep=1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one layer: the kernels compute exactly what the stored weights say
+# ---------------------------------------------------------------------------------------------
+@needs_kernels
+@pytest.mark.parametrize("mode,tol", [("int8", 1e-4), ("bf16", 1e-5), ("fp32", 1e-5)])
+@pytest.mark.parametrize("rows", [1, 3, KERNEL_MAX_ROWS])
+def test_kernel_matches_dequantized_weight(mode, tol, rows):
+    # int8: activations are rounded to int16 per row (error <= 1.5e-5 of the row max), hence 1e-4;
+    # bf16/fp32: fp32 accumulation in another order than MKL's.
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(96, 203)  # odd out_features: the 4-row tail of the kernel
+    q = QuantizedLinear(lin, mode)
+    x = torch.randn(2, rows, 96) * 3
+    ref = F.linear(x, q.dequantized(), q.bias)
+    assert q(x).shape == (2, rows, 203)
+    assert rel_err(q(x), ref) < tol
+
+
+def test_quantization_error_is_what_int8_and_bf16_allow():
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(256, 512, bias=False)
+    w = lin.weight.detach()
+    q8, qb = QuantizedLinear(lin, "int8"), QuantizedLinear(lin, "bf16")
+    # round to nearest: each int8 weight within half a step of its row's scale
+    assert (q8.dequantized() - w).abs().le(q8.scale[:, None] / 2 + 1e-7).all()
+    assert q8.weight.dtype == torch.int8 and q8.weight.abs().max() <= 127
+    assert (qb.dequantized() - w).abs().le(w.abs() * 2**-8 + 1e-12).all()  # bf16: 8-bit mantissa
+
+
+@needs_kernels
+def test_many_rows_take_the_dequantized_path_and_agree():
+    torch.manual_seed(3)
+    q = QuantizedLinear(torch.nn.Linear(64, 80), "int8")
+    x = torch.randn(KERNEL_MAX_ROWS + 5, 64)
+    few = torch.cat([q(x[i:i + 4]) for i in range(0, len(x), 4)])  # kernel, 4 rows at a time
+    assert rel_err(q(x), few) < 1e-4  # MKL on the dequantized weight
+
+
+@needs_kernels
+def test_thread_count_does_not_change_results():
+    # each output row is computed by one thread in a fixed order: bit-identical for any pool size
+    torch.manual_seed(4)
+    q = QuantizedLinear(torch.nn.Linear(576, 4000), "int8")
+    x = torch.randn(1, 576)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = q(x)
+        torch.set_num_threads(3)
+        three = [q(x) for _ in range(20)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(one, t) for t in three)
+
+
+def test_fallback_without_kernels_gives_the_same_numbers(monkeypatch):
+    torch.manual_seed(5)
+    q = QuantizedLinear(torch.nn.Linear(48, 40), "int8")  # 48 % 16 == 0: kernel-eligible
+    x = torch.randn(1, 48)
+    fast = q(x)
+    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
+    assert rel_err(q(x), fast) < 1e-4
+    assert rel_err(q(x), F.linear(x, q.dequantized(), q.bias)) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# whole models
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,tol", [("int8", 0.03), ("bf16", 0.01), ("fp32", 1e-5)])
+def test_quantized_logits_close_to_fp32(mode, tol):
+    # Per-channel int8 rounds each weight by up to half a step (max|row| / 254): ~0.5-1% relative
+    # error per matrix for Gaussian rows; through 2 layers and the head the logits move ~1%,
+    # so 3% fails on a real defect (a wrong scale or row gives errors of order 100%) and not on noise.
+    # bf16 keeps 8 mantissa bits (0.2-0.4% per matrix).
+    model = tiny_gpt(std=0.02)
+    q = quantize_model(copy.deepcopy(model), mode)
+    x = torch.randint(0, 256, (2, 24))
+    with torch.inference_mode():
+        assert rel_err(q(x), model(x)) < tol
+        # the decode path (1 row, kernels) agrees with the prefill path (many rows, dequantized)
+        cache = q.new_kv_cache(1, 24)
+        last = None
+        for t in range(24):
+            last = q(x[:1, t:t + 1], input_pos=torch.tensor([t]), cache=cache)
+        assert rel_err(last[0, -1], q(x[:1])[0, -1]) < 1e-3
+
+
+def test_greedy_tokens_mostly_equal():
+    model = tiny_gpt(std=0.3)
+    q = quantize_model(copy.deepcopy(model), "int8")
+    # teacher-forced: the argmax at each position of random sequences
+    x = torch.randint(0, 256, (4, 48))
+    with torch.inference_mode():
+        agree = (q(x).argmax(-1) == model(x).argmax(-1)).float().mean().item()
+    assert agree >= 0.9
+    # free-running greedy decoding: the first tokens are the same
+    ref, got = greedy(model, [5, 17, 33, 9], 24), greedy(q, [5, 17, 33, 9], 24)
+    assert got[:8] == ref[:8]
+    assert sum(a == b for a, b in zip(got, ref)) >= 12
+
+
+def test_module_and_parameter_names_are_stable():
+    model = tiny_gpt(qk_norm=None)
+    before_modules = {n for n, _ in model.named_modules()}
+    before_keys = set(model.state_dict())
+    q = quantize_model(copy.deepcopy(model), "int8")
+    assert {n for n, _ in q.named_modules()} == before_modules
+    keys = set(q.state_dict())
+    assert before_keys <= keys
+    assert keys - before_keys == {f"{n}.scale" for n, m in q.named_modules() if isinstance(m, QuantizedLinear)}
+    assert isinstance(q.layers[0].self_attn.q_proj, QuantizedLinear)
+    assert q.layers[0].self_attn.q_proj.weight.dtype == torch.int8
+    assert q.lm_head.weight.dtype == torch.int8
+    assert q.embed_tokens.weight.dtype == torch.float32  # the tied table keeps full precision
+    assert not any(p.requires_grad for p in q.parameters() if not p.is_floating_point())
+
+
+def test_skip_and_none_leave_modules_alone():
+    model = tiny_gpt()
+    q = quantize_model(copy.deepcopy(model), "bf16", skip=("lm_head",))
+    assert type(q.lm_head) is torch.nn.Linear and q.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert quantize_model(model, None) is model and type(model.lm_head) is torch.nn.Linear
+
+
+def test_unknown_mode_is_a_one_line_error():
+    with pytest.raises(LmforgeError, match=r"quantize mode 'int4' is not supported \(use one of: int8, bf16"):
+        quantize_model(tiny_gpt(), "int4")
+
+
+def test_llm_load_quantizes_at_load_time(tmp_path):
+    model = tiny_gpt(std=0.02)
+    save_checkpoint(tmp_path / "ck", model, model.config)
+    llm = LLM.load(tmp_path / "ck", device="cpu", quantize="int8")
+    assert isinstance(llm.model.layers[1].mlp.down_proj, QuantizedLinear)
+    x = torch.randint(0, 256, (1, 16))
+    with torch.inference_mode():
+        assert rel_err(llm.model(x), model(x)) < 0.03
+    with pytest.raises(LmforgeError, match="quantize mode"):
+        LLM.load(tmp_path / "ck", device="cpu", quantize="int3")
+
+
+# ---------------------------------------------------------------------------------------------
+# real weights: perplexity on Jane Austen within 2% of fp32
+# ---------------------------------------------------------------------------------------------
+def perplexity(model: GPT, ids: torch.Tensor) -> float:
+    with torch.inference_mode():
+        logits = model(ids[None, :-1])
+        return math.exp(F.cross_entropy(logits[0].float(), ids[1:]).item())
+
+
+@pytest.mark.slow
+def test_smollm2_perplexity_on_austen_within_2_percent():
+    from lmforge.assets import fetch_asset
+    from lmforge.convert.gguf import load_gguf
+
+    config, sd, tok = load_gguf(fetch_asset("smollm2-135m-instruct"))
+    model = GPT.from_state_dict(config, sd).eval()
+    text = (fetch_asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
+    start = text.index("It is a truth universally acknowledged")
+    ids = torch.tensor(tok.encode(text[start:start + 6000], bos=False)[:513])
+    ref = perplexity(model, ids)
+    assert 5 < ref < 60  # the model reads English
+    for mode in ("int8", "bf16"):
+        ppl = perplexity(quantize_model(copy.deepcopy(model), mode), ids)
+        assert abs(ppl / ref - 1) < 0.02, (mode, ppl, ref)

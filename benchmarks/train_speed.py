@@ -51,7 +51,7 @@ def make_step(model, hf: bool, bf16: bool, device: torch.device):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -111,9 +111,17 @@ def bench(name: str, args, device: torch.device) -> list[dict]:
             rows[-2]["ratio_vs_hf_fp32"] = rows[-2]["tokens_per_sec"] / base
         if device.type == "cuda":
             rows[-2]["peak_mem_gib"] = rows[-1]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        show(rows[-2:])  # as soon as measured: a long run cut short still reports
     if args.track_steps:
         rows.append({"model": name, "bf16_vs_fp32_max_loss_diff": track(name, args, device, config)})
+        show(rows[-1:])
     return rows
+
+
+def show(rows: list[dict]) -> None:
+    for row in rows:
+        print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
 
 
 def track(name: str, args, device: torch.device, config) -> float:
@@ -156,9 +164,7 @@ def main() -> None:
     print(f"device {device}, {torch.get_num_threads()} threads, micro-batch {args.batch}x{args.seq}, "
           f"{args.rounds} A/B rounds of {args.steps} steps")
     for name in args.models:
-        for row in bench(name, args, device):
-            print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+        bench(name, args, device)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def test_transformers_loads_exported_gguf(family, tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
     assert type(hf).__name__ == model.config.hf_architecture
     with torch.no_grad():
-        torch.testing.assert_close(hf(_ids()).logits, model(_ids()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf(_ids()).logits, model(_ids()), atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

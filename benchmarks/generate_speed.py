@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/generate_speed.py --variants hf,raw,int8 --new-tokens 32   # quick look
 
 Method (the machine is shared, so speed swings minute to minute): `torch.set_num_threads(--threads)`,
+`OMP_WAIT_POLICY=PASSIVE` unless set otherwise (see below),
 one untimed warm-up of every variant, then `--rounds` rounds; in each round every variant runs once,
 in turn (A B C A B C …), and a large-tensor copy measures the memory bandwidth of that moment.
 Reported: medians over rounds of tokens/s and of the per-round ratio to transformers, and the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -32,10 +34,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+# Idle OpenMP threads sleep instead of spinning. Must be set before torch loads libgomp; it applies
+# to transformers and lmforge alike (same process). On a busy machine the default (spin) makes
+# every 2-thread parallel region wait for a descheduled spinner: prefill was 15x slower here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from lmforge.config import Config
-from lmforge.model import GPT
+import torch  # noqa: E402
+
+from lmforge.config import Config  # noqa: E402
+from lmforge.model import GPT  # noqa: E402
 
 VARIANTS = ("hf", "raw", "engine", "fp32k", "int8", "bf16")
 
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown variants {sorted(unknown)} (choose from {VARIANTS})")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}; prompt {args.prompt_tokens}, "
           f"new {args.new_tokens}, rounds {args.rounds}, ttft prompt {args.ttft_prompt}")
     src = torch.ones(64 * 2**20)  # 256 MB, touched (an untouched buffer reads the zero page)

@@ -210,3 +210,26 @@ def test_smollm2_perplexity_on_austen_within_2_percent():
     for mode in ("int8", "bf16"):
         ppl = perplexity(quantize_model(copy.deepcopy(model), mode), ids)
         assert abs(ppl / ref - 1) < 0.02, (mode, ppl, ref)
+
+
+def test_fused_projections_share_storage_and_fall_back_when_a_member_changes():
+    model = tiny_gpt(std=0.02)
+    q = quantize_model(copy.deepcopy(model), "int8")
+    attn, mlp = q.layers[0].self_attn, q.layers[0].mlp
+    fused = attn.__dict__["fused_qkv"]
+    assert fused.covers(attn.q_proj, attn.k_proj, attn.v_proj) and "fused_gate_up" in mlp.__dict__
+    assert attn.k_proj.weight.data_ptr() == fused.weight.data_ptr() + attn.q_proj.weight.numel()  # a view
+    assert not any("fused" in k for k in q.state_dict())
+    x = torch.randint(0, 256, (1, 12))
+    with torch.inference_mode():
+        with_fused = q(x[:, -1:], input_pos=torch.tensor([0]), cache=q.new_kv_cache(1, 4))
+        for layer in q.layers:  # drop the fused modules: the per-projection path gives the same logits
+            layer.self_attn.__dict__.pop("fused_qkv")
+            layer.mlp.__dict__.pop("fused_gate_up")
+        without = q(x[:, -1:], input_pos=torch.tensor([0]), cache=q.new_kv_cache(1, 4))
+    assert rel_err(with_fused, without) < 1e-5
+    # a projection swapped after fusing (e.g. an adapter) is used, not the stale fused weight
+    q2 = quantize_model(copy.deepcopy(model), "int8")
+    q2.layers[0].self_attn.v_proj = QuantizedLinear(torch.nn.Linear(64, 32), "int8")
+    assert not q2.layers[0].self_attn.__dict__["fused_qkv"].covers(
+        q2.layers[0].self_attn.q_proj, q2.layers[0].self_attn.k_proj, q2.layers[0].self_attn.v_proj)

@@ -181,7 +181,11 @@ class Attention(nn.Module):
         cfg = self.config
         B, T, _ = x.shape
         hs, nh, ng = cfg.head_size, cfg.n_head, cfg.n_query_groups
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        fused = self.__dict__.get("fused_qkv")  # one matrix product for q, k, v (lmforge.quantize)
+        if fused is not None and fused.covers(self.q_proj, self.k_proj, self.v_proj):
+            q, k, v = fused(x).split(fused.sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if cfg.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -237,6 +241,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
+            fused = self.__dict__.get("fused_gate_up")  # one matrix product for both (lmforge.quantize)
+            if fused is not None and fused.covers(self.gate_proj, self.up_proj):
+                gate, up = fused(x).split(fused.sizes, dim=-1)
+                return self.down_proj(self.act(gate) * up)
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))
 

@@ -325,13 +325,23 @@ def test_api_key_required(llm):
 
 
 def test_full_queue_is_429_with_retry_after(llm):
-    with Server(llm, max_batch_size=1, max_queue=1) as srv:
+    from lmforge.generate import Engine
+    from lmforge.serve.app import create_app
+
+    class SlowEngine(Engine):
+        """Each decode step takes >= 20 ms, so A cannot finish while B and C arrive, however fast the machine."""
+
+        def step(self):
+            time.sleep(0.02)
+            return super().step()
+
+    engine = SlowEngine(llm.model, llm.tokenizer, max_batch_size=1, max_seq_length=4096)
+    with Server(app=create_app(llm, engine=engine, max_batch_size=1, max_queue=1)) as srv:
         url = srv.url + "/v1/chat/completions"
         # 4000 tokens: far longer than the test (both are cancelled at the end)
         long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000, "ignore_eos": True, "stream": True}
         a = requests.post(url, json=long, stream=True, timeout=30)  # takes the only slot
-        a_lines = a.iter_lines()
-        _wait(lambda: b'"content"' in next(a_lines), what="the first token of A")
+        _wait(lambda: metrics(srv)["lmforge_active_slots"] == 1, what="A to hold the slot")
         b = requests.post(url, json=long, stream=True, timeout=30)  # waits for the slot
         _wait(lambda: metrics(srv)["lmforge_queue_depth"] == 1, what="B to wait")
         c = requests.post(url, json={**long, "stream": False}, timeout=30)

@@ -100,6 +100,24 @@ def test_thread_count_does_not_change_results():
     assert all(torch.equal(one, t) for t in three)
 
 
+@needs_kernels
+def test_back_to_back_calls_on_the_thread_pool_stay_correct():
+    # many short jobs of different shapes in a row: a helper thread lagging behind one job must
+    # never run a chunk of the next with stale arguments (this once crashed a benchmark)
+    torch.manual_seed(6)
+    mods = [QuantizedLinear(torch.nn.Linear(64, n), mode) for n in (40, 300, 1000) for mode in ("int8", "fp32")]
+    xs = [torch.randn(1, 64) for _ in mods]
+    refs = [F.linear(x, m.dequantized(), m.bias) for m, x in zip(mods, xs)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        for i in range(3000):
+            j = i % len(mods)
+            assert rel_err(mods[j](xs[j]), refs[j]) < 1e-4
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_fallback_without_kernels_gives_the_same_numbers(monkeypatch):
     torch.manual_seed(5)
     q = QuantizedLinear(torch.nn.Linear(48, 40), "int8")  # 48 % 16 == 0: kernel-eligible

@@ -41,10 +41,11 @@ _SOURCE = r"""
  * On a busy machine an OpenMP team waits at its barrier for every thread to be scheduled, 100+
  * times per token; here a descheduled helper costs nothing. A chunk is claimed with one CAS on
  * `ticket` = (job sequence << 24) | next chunk, so a late helper cannot claim a chunk of a newer
- * job with the arguments of an older one. */
+ * job with the arguments of an older one (nor the reverse: see the end of run_job). */
 typedef void (*chunk_fn)(const void* args, int64_t chunk);
 #define MAX_HELPERS 63
 #define CHUNK_BITS 24
+#define CHUNK_MASK ((1L << CHUNK_BITS) - 1)
 static pthread_mutex_t job_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
 static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
@@ -65,9 +66,9 @@ static int claim(long* t_seen, chunk_fn* fn, const void** args, long* chunk, int
         long n = atomic_load(&job_n);
         int helpers = atomic_load(&job_helpers);
         *t_seen = t;
-        if ((t & ((1L << CHUNK_BITS) - 1)) >= n || id > helpers) return 0;
+        if ((t & CHUNK_MASK) >= n || id > helpers) return 0;
         if (atomic_compare_exchange_weak(&ticket, &t, t + 1)) {
-            *chunk = t & ((1L << CHUNK_BITS) - 1);
+            *chunk = t & CHUNK_MASK;
             return 1;
         }
     }
@@ -95,7 +96,7 @@ static void* helper_main(void* arg) {
 
 static void run_job(chunk_fn fn, const void* args, long n, int nthreads) {
     int helpers = nthreads - 1 < MAX_HELPERS ? nthreads - 1 : MAX_HELPERS;
-    if (helpers <= 0 || n <= 1 || pthread_mutex_trylock(&job_lock) != 0) {
+    if (helpers <= 0 || n <= 1 || n >= CHUNK_MASK || pthread_mutex_trylock(&job_lock) != 0) {
         for (long c = 0; c < n; c++) fn(args, c);  /* serial, or another thread holds the pool */
         return;
     }
@@ -122,7 +123,10 @@ static void run_job(chunk_fn fn, const void* args, long n, int nthreads) {
     for (int spin = 0; atomic_load(&done) + mine < n; spin++) {  /* only chunks a helper is running */
         if (spin < 1000) _mm_pause(); else sched_yield();  /* a descheduled helper needs our CPU */
     }
-    atomic_store(&job_n, 0);
+    /* close the job before its arguments go out of scope: a helper that read `ticket` earlier can
+     * no longer claim with it, and the closed value's chunk index is past any job's last chunk, so
+     * a helper pairing it with the next job's fields claims nothing either */
+    atomic_store(&ticket, (job_seq << CHUNK_BITS) | CHUNK_MASK);
     pthread_mutex_unlock(&job_lock);
 }
 

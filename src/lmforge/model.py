@@ -488,6 +488,10 @@ class GPT(nn.Module):
         if B == 1 and T == 1 and (window is None or kv_len <= window):
             # a single decoding token sees every filled slot: no mask to build
             return _Context(pos, cache, rows, kv_len, None, None, causal=False)
+        fresh = B == 1 and kv_len == T and (window is None or T <= window)
+        if fresh and torch.equal(pos[0], torch.arange(T, device=pos.device)):
+            # a fresh prefill (positions 0..T-1): plain causal attention, SDPA's unmasked causal kernel
+            return _Context(pos, cache, rows, kv_len, None, None, causal=True)
         j = torch.arange(kv_len, device=pos.device)
         p = pos[:, None, :, None]  # (B, 1, T, 1)
         mask = j <= p  # (B, 1, T, S)

@@ -93,7 +93,8 @@ class QuantizedLinear(nn.Module):
                               M, self.out_features, self.in_features, threads)
         else:
             fn = lib.lmf_linear_bf16 if self.mode == "bf16" else lib.lmf_linear_f32
-            fn(x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(), M, self.out_features, self.in_features, threads)
+            fn(x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(), M, self.out_features, self.in_features,
+               threads)
         return y
 
     def extra_repr(self) -> str:

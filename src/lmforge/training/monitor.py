@@ -51,7 +51,11 @@ def _device_name(device: Any) -> str:
 
 
 def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) -> float:
-    """Matmul FLOP/s of this device in `dtype` (measured once, then read from the cache)."""
+    """Matmul FLOP/s of this device in `dtype`: the best of this measurement and earlier ones.
+
+    Measured at every start (well under a second) because a shared machine's speed swings: a value
+    taken while the machine was busy would make MFU read above 100% later. The cache keeps the best.
+    """
     import torch
 
     threads = torch.get_num_threads() if device.type == "cpu" else 0
@@ -61,8 +65,6 @@ def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) 
         known = json.loads(cache.read_text())
     except (OSError, json.JSONDecodeError):
         known = {}
-    if key in known:
-        return float(known[key])
     n = 8192 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -81,7 +83,7 @@ def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) 
             a @ b
         sync()
         best = min(best, (time.perf_counter() - t0) / reps)
-    peak = 2 * n**3 / best
+    peak = max(2 * n**3 / best, float(known.get(key, 0.0)))
     known[key] = peak
     try:
         atomic_write_text(cache, json.dumps(known, indent=2) + "\n")

@@ -17,6 +17,7 @@ Everything a run writes goes under `out_dir`:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -817,13 +818,21 @@ def demo_pretrain(out_dir: str | Path, minutes: float = 3.0, vocab_size: int = 4
     prepare(str(corpus), tokenizer=str(tok_dir), out_dir=str(out / "data"), val_fraction=0.1, workers=2)
     t0 = time.perf_counter()
     cfg = load_config(config or DEMO_CONFIG, out_dir=str(out / "run"), **{"data.dir": str(out / "data")})
-    # fit the cosine schedule to the time budget: time two steps of this model on this machine first
+    # fit the cosine schedule to the time budget: time a few steps of this model on this machine first
+    # (from the per-step log, skipping the first steps, which pay for warm-up and allocation)
+    n_probe = 6
     probe = dataclasses.replace(cfg, out_dir=str(out / "calibrate"), resume=False,
-                                train=dataclasses.replace(cfg.train, max_steps=2, max_minutes=None),
+                                train=dataclasses.replace(cfg.train, max_steps=n_probe, max_minutes=None),
                                 eval=dataclasses.replace(cfg.eval, initial=False, val_batches=0, sample_prompt=""),
-                                log=dataclasses.replace(cfg.log, tensorboard=False, plot=False))
-    print("timing two training steps to fit the schedule to the time budget", flush=True)
-    per_step = pretrain(probe)["seconds"] / 2
+                                log=dataclasses.replace(cfg.log, interval=1, tensorboard=False, plot=False))
+    print(f"timing {n_probe} training steps to fit the schedule to the time budget", flush=True)
+    probe_summary = pretrain(probe)
+    with open(out / "calibrate" / "log.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["train_loss"]]
+    if len(rows) >= 4:
+        per_step = (float(rows[-1]["elapsed_s"]) - float(rows[1]["elapsed_s"])) / (len(rows) - 2)
+    else:
+        per_step = probe_summary["seconds"] / n_probe
     shutil.rmtree(out / "calibrate", ignore_errors=True)
     budget = max(60 * minutes - (time.perf_counter() - t0), per_step * 10)
     steps = max(10, int(0.85 * budget / per_step))  # ~15% for evaluations and checkpoints

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         close = difflib.get_close_matches(argv[0], VERBS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         sys.exit(f"error: unknown verb {argv[0]!r}{hint}. {USAGE}")
+    # OpenMP threads that sleep instead of spinning while they wait: on a shared or busy machine
+    # spinning threads made prefill ~10x and decoding ~3x slower (benchmarks/README.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from lmforge.errors import LmforgeError
 
     try:

@@ -25,6 +25,7 @@ def serve(
     model_name: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
     threads: int | None = None,
     log_level: str = "info",
 ) -> None:
@@ -51,6 +52,8 @@ def serve(
         model_name: Model id reported by /v1/models (default: the model config's name).
         device: cpu, cuda, cuda:N or auto (default: cuda when available).
         dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).
+        quantize: CPU inference mode: int8 or bf16 (weight-only, fewer bytes per token), or fp32
+            (same weights on lmforge's AVX2 kernels); default: plain PyTorch.
         threads: CPU threads per torch op (default: torch's choice); 1 is often fastest on a busy machine.
         log_level: uvicorn log level (debug, info, warning, error).
     """
@@ -77,7 +80,7 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    llm = LLM.load(source, device=device, dtype=dtype)
+    llm = LLM.load(source, device=device, dtype=dtype, quantize=quantize)
     app = create_app(llm, **dataclasses.asdict(settings))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=shutdown_timeout)

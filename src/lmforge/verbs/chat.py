@@ -84,6 +84,7 @@ def chat(
     seed: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
 ) -> None:
     """Chat in the terminal: Enter sends, a trailing \\ continues, /paste…/end, /reset, /exit or empty line quits.
 
@@ -107,6 +108,8 @@ def chat(
         seed: random seed, for reproducible sampling.
         device: cpu, cuda, cuda:N or auto (default: cuda when available).
         dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).
+        quantize: CPU inference mode: int8 or bf16 (weight-only, fewer bytes per token), or fp32
+            (same weights on lmforge's AVX2 kernels); default: plain PyTorch.
     """
     from lmforge.sampling import SamplingParams
 
@@ -124,7 +127,7 @@ def chat(
     from lmforge.generate import stream
     from lmforge.prompts import resolve_style, stop_strings, stop_tokens
 
-    llm = LLM.load(source, device=device, dtype=dtype)
+    llm = LLM.load(source, device=device, dtype=dtype, quantize=quantize)
     if llm.tokenizer is None:
         raise LmforgeError(f"{source}: has no tokenizer files; chat needs one")
     style = resolve_style(llm.tokenizer, llm.config, prompt_style)

@@ -26,6 +26,7 @@ def generate(
     speculative_k: int = 4,
     device: str | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
 ) -> None:
     """Generate a completion for one prompt and stream it to stdout (timing on stderr).
 
@@ -49,6 +50,8 @@ def generate(
         speculative_k: tokens the draft proposes per step.
         device: cpu, cuda, cuda:N or auto (default: cuda when available).
         dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).
+        quantize: CPU inference mode: int8 or bf16 (weight-only, fewer bytes per token), or fp32
+            (same weights on lmforge's AVX2 kernels); default: plain PyTorch.
     """
     from lmforge.sampling import SamplingParams
 
@@ -71,7 +74,7 @@ def generate(
     detect_source(source)  # a missing model fails before torch is imported
     from lmforge.api import LLM
 
-    llm = LLM.load(source, device=device, dtype=dtype)
+    llm = LLM.load(source, device=device, dtype=dtype, quantize=quantize)
     draft_llm = LLM.load(draft, device=device, dtype=dtype) if draft is not None else None
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repetition_penalty=repetition_penalty, seed=seed, stop=stop, stream=True, draft=draft_llm,

@@ -215,7 +215,7 @@ def load_source(
     from lmforge.model import GPT
 
     if quantize not in (None, "none", "int8", "bf16", "fp32"):
-        raise LmforgeError(f"quantize={quantize!r} is not one of none, int8, bf16, fp32")
+        raise LmforgeError(f"unknown quantize mode {quantize!r} (use one of none, int8, bf16, fp32)")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config, sd, tokenizer = load_source_parts(source)

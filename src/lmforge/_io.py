@@ -28,3 +28,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def read_json(path: Path, error: type[Exception] = ValueError) -> object:
+    """Parse a JSON file; a missing or malformed file raises `error` with one line naming it."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None

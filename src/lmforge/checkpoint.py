@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lmforge._io import atomic_write, atomic_write_text
+from lmforge._io import atomic_write, atomic_write_text, read_json
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
 
@@ -53,10 +53,7 @@ def detect_source(source: str | Path) -> SourceKind:
             if len(ggufs) == 1:
                 return "gguf"
             raise LmforgeError(f"{path}: not a model directory (no config.json; expected an lmforge or HF checkpoint)")
-        try:
-            data = json.loads(cfg.read_text())
-        except json.JSONDecodeError as e:
-            raise LmforgeError(f"{cfg}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        data = read_json(cfg, LmforgeError)
         return "lmforge" if "lmforge_config_version" in data else "hf"
     if isinstance(source, str) and _REPO_ID.match(source) and not source.startswith((".", "/")):
         return "repo"

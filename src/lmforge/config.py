@@ -228,13 +228,10 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
+        from lmforge._io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        data = read_json(path, ConfigError)
         if "lmforge_config_version" not in data:
             return cls.from_hf(data, source=str(path))
         return cls.from_dict(data, source=str(path))
@@ -256,12 +253,9 @@ class Config:
             if path.is_dir():
                 path = path / "config.json"
             source = source or str(path)
-            try:
-                hf = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"{path}: file not found") from None
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            from lmforge._io import read_json
+
+            hf = read_json(path, ConfigError)
         return config_from_hf(hf, source=source or "config.json")
 
     def to_hf(self) -> dict[str, Any]:

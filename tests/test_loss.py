@@ -1,0 +1,106 @@
+"""The fused chunked linear + cross-entropy equals `F.cross_entropy(h @ W.T + b, y)` in loss and gradients."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.training.loss import fused_linear_cross_entropy
+
+
+def _inputs(n=37, d=16, v=101, bias=False, seed=0, ignore=(3, 4, 20)):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()
+    w = (torch.randn(v, d, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    b = (torch.randn(v, generator=g, dtype=torch.float64) * 0.1).requires_grad_() if bias else None
+    y = torch.randint(0, v, (n,), generator=g)
+    y[list(ignore)] = -100
+    return h, w, b, y
+
+
+def _grads(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t is not None])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 8, 37, 64])
+def test_matches_plain_cross_entropy(reduction, bias, chunk):
+    h, w, b, y = _inputs(bias=bias)
+    ref = F.cross_entropy(F.linear(h, w, b), y, reduction=reduction)
+    got = fused_linear_cross_entropy(h, w, y, bias=b, chunk_size=chunk, reduction=reduction)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(_grads(got * 3.0, (h, w, b)), _grads(ref * 3.0, (h, w, b))):  # a scaled loss: scaled grads
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+def test_ignored_rows_get_no_gradient_and_fp32_is_close():
+    h, w, _, y = _inputs(n=300, d=32, v=1000, ignore=range(0, 300, 7))
+    h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    got = fused_linear_cross_entropy(h32, w32, y, chunk_size=64)
+    ref = F.cross_entropy(F.linear(h, w), y)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+    gh, gw = torch.autograd.grad(got, (h32, w32))
+    rh, rw = torch.autograd.grad(ref, (h, w))
+    assert (gh[::7] == 0).all()
+    assert ((gh.double() - rh).norm() / rh.norm()) < 1e-5
+    assert ((gw.double() - rw).norm() / rw.norm()) < 1e-5
+
+
+def test_all_ignored_mean_is_nan_like_torch_and_sum_is_zero():
+    h, w, _, y = _inputs(n=5, ignore=range(5))
+    assert torch.isnan(F.cross_entropy(F.linear(h, w), y)) and torch.isnan(fused_linear_cross_entropy(h, w, y))
+    assert fused_linear_cross_entropy(h, w, y, reduction="sum").item() == 0.0
+
+
+def test_tied_embedding_gradients_add_up():
+    def model(seed):
+        torch.manual_seed(seed)
+        emb = nn.Embedding(50, 8).double()
+        head = nn.Linear(8, 50, bias=False).double()
+        head.weight = emb.weight
+        return emb, head
+
+    x, y = torch.randint(0, 50, (4, 9)), torch.randint(0, 50, (4, 9))
+    grads = []
+    for fused in (False, True):
+        emb, head = model(0)
+        hidden = torch.tanh(emb(x))
+        if fused:
+            loss = fused_linear_cross_entropy(hidden, head.weight, y, chunk_size=5)
+        else:
+            loss = F.cross_entropy(head(hidden).flatten(0, 1), y.flatten())
+        loss.backward()
+        grads.append(emb.weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+def test_no_grad_and_leading_dims():
+    h, w, _, y = _inputs(n=24)
+    ref = F.cross_entropy(F.linear(h, w), y, reduction="sum")
+    with torch.no_grad():
+        got = fused_linear_cross_entropy(h.view(4, 6, -1), w, y.view(4, 6), reduction="sum", chunk_size=5)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_autocast_tracks_fp32():
+    h, w, _, y = _inputs(n=64, d=32, v=300)
+    h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused_linear_cross_entropy(h32, w32, y, chunk_size=16)
+        ref = F.cross_entropy(F.linear(h32, w32).float(), y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=0)
+    gh, gw = torch.autograd.grad(got, (h32, w32))
+    assert gh.dtype == gw.dtype == torch.float32
+    rh, rw = torch.autograd.grad(ref, (h32, w32))
+    assert ((gh - rh).norm() / rh.norm()) < 3e-2 and ((gw - rw).norm() / rw.norm()) < 3e-2
+
+
+def test_bad_arguments():
+    h, w, _, y = _inputs(n=6, ignore=())
+    with pytest.raises(ValueError, match="reduction"):
+        fused_linear_cross_entropy(h, w, y, reduction="none")
+    with pytest.raises(ValueError, match="6 hidden rows but 5 targets"):
+        fused_linear_cross_entropy(h, w, y[:5])

@@ -222,5 +222,9 @@ def load_source(
     if quantize not in (None, "none"):
         from lmforge.quantize import quantize_model
 
-        quantize_model(model, quantize)
+        quantize_model(model, quantize)  # installs the one-call decoder itself
+    elif device.type == "cpu":
+        from lmforge.fast_decode import install_fast_decode
+
+        install_fast_decode(model)  # batch-1 CPU decoding in one kernel call per token
     return model, tokenizer, config

@@ -433,9 +433,16 @@ class GPT(nn.Module):
         else:
             cos, sin = self._rope(pos, x.dtype)  # (B, 1, T, n_rot) each; sin has its first half negated
 
-        ctx = self._context(pos, cache, rows, default_pos)
-        for block in self.layers:
-            x = block(x, cos, sin, ctx)
+        fast = self.__dict__.get("fast_decode")  # one kernel call for all layers (lmforge.fast_decode)
+        y = None
+        if fast is not None and B == 1 and T == 1 and cache is not None and not torch.is_grad_enabled():
+            y = fast(x, pos, cache, rows, cos, sin)  # None: not applicable here, take the layer loop
+        if y is not None:
+            x = y
+        else:
+            ctx = self._context(pos, cache, rows, default_pos)
+            for block in self.layers:
+                x = block(x, cos, sin, ctx)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         x = self.norm(x)

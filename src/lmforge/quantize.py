@@ -185,5 +185,9 @@ def quantize_model(model: nn.Module, mode: Mode | str | None = "int8", skip: tup
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantizedLinear(linear, mode))  # type: ignore[arg-type]
     fuse_projections(model)
+    from lmforge.fast_decode import install_fast_decode
+
+    install_fast_decode(model)  # fused projections change what the one-call decoder points at
     model.eval()
     return model
+

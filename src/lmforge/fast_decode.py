@@ -1,0 +1,227 @@
+"""Batch-1 CPU decoding of every layer in one kernel call.
+
+    from lmforge.fast_decode import install_fast_decode
+    install_fast_decode(model)   # done for you by `load_source`/`LLM.load`, `Engine` and `quantize_model`
+
+A decoding step of a 30-layer model is ~400 small operations. Issued one by one from Python they
+cost about as much time as reading the weights, which is all a batch-1 step fundamentally has to
+do. `DecodePlan` hands the whole layer stack for one token of one sequence to
+`lmforge.cpu_kernels` (`lmf_decode_step`): norms, q/k/v, rotary, the KV-cache write, attention,
+output projection and MLP, with the matrix-vector products on the kernels' own thread pool. The
+embedding before and the final norm and head after stay in `GPT.forward`.
+
+The plan is an optimisation only: `GPT.forward` calls `model.fast_decode` for a (1, 1) input with
+a KV cache when gradients are off, and takes its ordinary layer loop whenever the plan returns
+None. The arithmetic is the same fp32 arithmetic in a different summation order, so logits agree
+with the layer loop to ~1e-6 relative (fp32 weights), not bitwise.
+
+Supported blocks (the common ones; others simply keep the layer loop): pre-norm RMSNorm or
+LayerNorm, rotary (full or partial) or learned positions, optional per-head q/k RMSNorm, multi-,
+grouped- or single-query attention, gated or plain MLP, sequential or parallel residual, biases;
+weights as plain fp32 `nn.Linear` or as `lmforge.quantize.QuantizedLinear` (int8, bf16, fp32).
+Not covered: Gemma's post-norms and soft-capping, MoE, OLMo-2's full-width q/k norm, a sliding
+window once the sequence is longer than it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn as nn
+
+from lmforge import cpu_kernels
+from lmforge.quantize import QuantizedLinear
+
+_ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+_MODES = {"fp32": 0, "bf16": 1, "int8": 2}
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+class _Lin(ctypes.Structure):
+    _fields_ = [("w", _P), ("scale", _P), ("bias", _P), ("N", _I64), ("K", _I64), ("mode", _I64)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(n, _Lin) for n in ("q", "k", "v", "o", "gate", "up", "down")] + [
+        (n, _P) for n in ("n1_w", "n1_b", "n2_w", "n2_b", "qn_w", "kn_w")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(n, _I64) for n in ("n_layer", "d", "nh", "ng", "hs", "inter", "n_rot")] + [
+        (n, ctypes.c_int) for n in ("norm", "act", "gated", "parallel", "shared_norm")] + [
+        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("layers", ctypes.POINTER(_Layer))]
+
+
+def _linear_mode(m: nn.Module) -> str | None:
+    """The kernel mode of a projection, or None if the kernel cannot run it."""
+    if isinstance(m, QuantizedLinear):  # FusedLinear included
+        return m.mode
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.is_contiguous() and (
+            m.bias is None or m.bias.dtype == torch.float32):
+        return "fp32"
+    return None
+
+
+def _fused(owner: nn.Module, attr: str, *members: nn.Module):
+    fused = owner.__dict__.get(attr)  # set by lmforge.quantize.fuse_projections
+    return fused if fused is not None and fused.covers(*members) else None
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why `model` cannot use the one-call decoder, or None when it can."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not isinstance(getattr(model, "layers", None), nn.ModuleList):
+        return "not an lmforge GPT"
+    if not cfg.pre_norm or cfg.post_norm or cfg.norm_unit_offset:
+        return "norm placement"
+    if cfg.mlp_class == "moe" or cfg.qk_norm not in (None, "head") or cfg.attn_logit_softcap is not None:
+        return "block type"
+    if cfg.position_embedding == "rope" and cfg.rope_n_elem > 512:
+        return "rotary size"
+    for block in model.layers:
+        attn, mlp = block.self_attn, block.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.up_proj, mlp.down_proj]
+        linears += [mlp.gate_proj] if mlp.gated else []
+        if any(_linear_mode(m) is None for m in linears):
+            return "projection type or dtype"
+        if any(m.in_features % 16 for m in linears):
+            return "sizes not a multiple of 16"
+        if any(t.device.type != "cpu" for t in block.parameters()):
+            return "device"
+        norms = [m for m in block.modules() if m is not block and m not in linears
+                 and isinstance(getattr(m, "weight", None), torch.Tensor)]
+        if any(n.weight.dtype != torch.float32 or (getattr(n, "bias", None) is not None and n.bias.dtype != torch.float32)
+               for n in norms):
+            return "norm dtype"
+    return None
+
+
+class DecodePlan:
+    """The pointers `lmf_decode_step` needs for one model, and the checks that keep them valid.
+
+    It holds raw pointers to the model's tensors, so every call first checks that the modules and
+    tensors it was built from are still the model's (a swapped module, e.g. a LoRA wrapper, a
+    re-assigned parameter, or a move to another device or dtype makes it step aside). Weights
+    updated in place are seen as they are.
+    """
+
+    def __init__(self, model: nn.Module, lib) -> None:
+        cfg = model.config
+        self._lib = lib
+        self._checks: list[tuple[dict, str, object]] = []  # (owner dict, key, object expected there)
+        self._ptrs: list[tuple[torch.Tensor, int]] = []  # tensors the kernel reads, with their pointers
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            self._ptrs.append((t, t.data_ptr()))
+            return t.data_ptr()
+
+        def watch(owner: nn.Module, *names: str) -> None:
+            for n in names:
+                where = next((d for d in (owner._modules, owner._parameters, owner.__dict__) if n in d), owner._modules)
+                self._checks.append((where, n, where.get(n)))
+
+        def lin(m: nn.Module | None) -> _Lin:
+            if m is None:
+                return _Lin(None, None, None, 0, 0, 0)
+            watch(m, "weight", "bias")
+            return _Lin(ptr(m.weight), ptr(getattr(m, "scale", None)), ptr(m.bias), m.out_features, m.in_features,
+                        _MODES[_linear_mode(m)])
+
+        def norm(m: nn.Module | None) -> tuple[int | None, int | None]:
+            if m is None:
+                return None, None
+            watch(m, "weight", "bias")
+            return ptr(m.weight), ptr(getattr(m, "bias", None))
+
+        watch(model, "layers")
+        layers = []
+        for i, block in enumerate(model.layers):
+            attn, mlp = block.self_attn, block.mlp
+            watch(model.layers, str(i))
+            watch(block, "self_attn", "mlp", "attn_norm", "mlp_norm")
+            watch(attn, "q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "fused_qkv")
+            watch(mlp, "gate_proj", "up_proj", "down_proj", "fused_gate_up")
+            qkv = _fused(attn, "fused_qkv", attn.q_proj, attn.k_proj, attn.v_proj)
+            if qkv is not None:  # one product for the three (their weights are views into it)
+                for member in (attn.q_proj, attn.k_proj, attn.v_proj):
+                    watch(member, "weight")
+                    ptr(member.weight)
+                q, k, v = lin(qkv), lin(None), lin(None)
+            else:
+                q, k, v = lin(attn.q_proj), lin(attn.k_proj), lin(attn.v_proj)
+            gate_up = _fused(mlp, "fused_gate_up", mlp.gate_proj, mlp.up_proj) if mlp.gated else None
+            if gate_up is not None:
+                for member in (mlp.gate_proj, mlp.up_proj):
+                    watch(member, "weight")
+                    ptr(member.weight)
+                gate, up = lin(gate_up), lin(None)
+            else:
+                gate, up = lin(mlp.gate_proj if mlp.gated else None), lin(mlp.up_proj)
+            n1, n2 = norm(block.attn_norm), norm(getattr(block, "mlp_norm", None))
+            qn, kn = norm(getattr(attn, "q_norm", None))[0], norm(getattr(attn, "k_norm", None))[0]
+            layers.append(_Layer(q, k, v, lin(attn.o_proj), gate, up, lin(mlp.down_proj),
+                                 n1[0], n1[1], n2[0], n2[1], qn, kn))
+        self._layers = (_Layer * len(layers))(*layers)
+        self._struct = _Model(
+            cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_query_groups, cfg.head_size, cfg.intermediate_size,
+            cfg.rope_n_elem if cfg.position_embedding == "rope" else 0,
+            0 if cfg.norm_class == "rmsnorm" else 1, _ACTIVATIONS[cfg.activation], int(cfg.mlp_class == "gated"),
+            int(cfg.parallel_residual), int(cfg.parallel_residual and cfg.shared_attention_norm),
+            cfg.norm_eps, model.layers[0].self_attn.scale, self._layers)
+        self._model_ptr = ctypes.addressof(self._struct)
+        slides = any(cfg.layer_uses_sliding_window(i) for i in range(cfg.n_layer))
+        self._window = cfg.sliding_window if slides else None
+        self._d = cfg.n_embd
+
+    def valid(self) -> bool:
+        """The modules and tensors the plan points at are still the model's, where they were."""
+        return all(d.get(k) is o for d, k, o in self._checks) and all(t.data_ptr() == p for t, p in self._ptrs)
+
+    def __call__(self, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
+                 cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor | None:
+        """The hidden state after the last layer for one token (x: (1, 1, d) fp32), or None to fall back.
+
+        cos/sin are the token's rotary factors as `GPT._rope` gives them (sin with its first half
+        negated); `rows` picks the cache row (default 0).
+        """
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not self.valid():
+            return None
+        p = int(pos.reshape(-1)[0])
+        k0 = cache.k[0]
+        if p >= k0.size(2) or (self._window is not None and p >= self._window):
+            return None
+        ptrs = cache.__dict__.get("_decode_ptrs")  # built once per cache object
+        if ptrs is None or ptrs[2] != tuple(t.data_ptr() for t in (*cache.k, *cache.v)):
+            if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
+                       for t in (*cache.k, *cache.v)):
+                return None
+            kp = torch.tensor([t.data_ptr() for t in cache.k], dtype=torch.int64)
+            vp = torch.tensor([t.data_ptr() for t in cache.v], dtype=torch.int64)
+            ptrs = cache.__dict__["_decode_ptrs"] = (kp, vp, tuple(t.data_ptr() for t in (*cache.k, *cache.v)))
+        row = 0 if rows is None else int(rows.reshape(-1)[0])
+        if not 0 <= row < k0.size(0):
+            return None
+        out = x.reshape(self._d).clone()
+        if cos is not None:
+            cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
+        rc = self._lib.lmf_decode_step(self._model_ptr, out.data_ptr(), ptrs[0].data_ptr(), ptrs[1].data_ptr(),
+                                       k0.size(2), row, p, None if cos is None else cos.data_ptr(),
+                                       None if sin is None else sin.data_ptr(), torch.get_num_threads())
+        return out.view(1, 1, self._d) if rc == 0 else None
+
+
+def install_fast_decode(model: nn.Module) -> bool:
+    """Attach a `DecodePlan` to `model` as `model.fast_decode` where kernels and model allow.
+
+    Safe to call on any model, any number of times (it rebuilds the plan). Returns True if installed.
+    Set `LMFORGE_NO_KERNELS=1` to turn the kernels, and with them this path, off.
+    """
+    model.__dict__.pop("fast_decode", None)
+    lib = cpu_kernels.load()
+    if lib is None or unsupported(model) is not None:
+        return False
+    model.__dict__["fast_decode"] = DecodePlan(model, lib)
+    return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -30,6 +32,7 @@ FAMILIES = {
     "gpt2-learned": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu_tanh",
                          position_embedding="learned", attn_bias=True, attn_out_bias=True, mlp_bias=True),
     "relu-mlp": dict(mlp_class="mlp", activation="relu"),
+    "softcapped-head": dict(n_query_groups=2, final_logit_softcap=5.0),  # head stays in Python
 }
 
 
@@ -57,13 +60,13 @@ def decode(model: GPT, ids: list[int], prefill: int, cache_rows: int = 1, row: i
 
 
 class Counting:
-    """Wraps a plan to count the calls that took the fast path."""
+    """Wraps a model's decoder to count the calls that took the fast path."""
 
-    def __init__(self, plan) -> None:
-        self.plan, self.hits = plan, 0
+    def __init__(self, decoder) -> None:
+        self.decoder, self.hits = decoder, 0
 
     def __call__(self, *args):
-        out = self.plan(*args)
+        out = self.decoder(*args)
         self.hits += out is not None
         return out
 
@@ -96,6 +99,26 @@ def test_fast_decode_equals_layer_loop(family, mode):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
 
 
+def test_hidden_states_and_a_replaced_head():
+    model = build("llama-gqa")
+    model.lm_head = nn.Linear(model.config.n_embd, 2)  # a classifier head runs in the kernel too
+    assert install_fast_decode(model) and model.fast_decode.plan.has_head
+    cache_f, cache_l = model.new_kv_cache(1, 32), model.new_kv_cache(1, 32)
+    with torch.inference_mode():
+        outs = []
+        counter = Counting(model.fast_decode)
+        for cache, fast in ((cache_f, True), (cache_l, False)):
+            model.__dict__["fast_decode"] = counter if fast else None
+            model(torch.tensor([IDS[:4]]), torch.arange(4), cache)
+            h = model(torch.tensor([IDS[4:5]]), torch.tensor([4]), cache, return_hidden=True)
+            y = model(torch.tensor([IDS[5:6]]), torch.tensor([5]), cache)
+            outs.append((h, y))
+    assert counter.hits == 2
+    assert outs[0][1].shape == (1, 1, 2) and outs[0][0].shape == (1, 1, 64)
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=2e-5, atol=2e-5)
+
+
 def test_fast_decode_writes_the_requested_cache_row():
     model = build("llama-gqa")
     fast, loop, fast_cache, loop_cache = fast_vs_loop(model, IDS, cache_rows=3, row=2)
@@ -105,32 +128,47 @@ def test_fast_decode_writes_the_requested_cache_row():
         torch.testing.assert_close(a[2], b[2], rtol=2e-5, atol=2e-5)
 
 
-def test_plan_steps_aside_when_the_model_changes():
+def test_plan_follows_model_changes():
     model = build("llama-gqa")
     assert install_fast_decode(model)
-    plan = model.fast_decode
-    # a swapped module (what a LoRA wrapper does): the plan must not use the old weights
+    decoder = model.fast_decode
+    plan = decoder.plan
+    # a swapped module (what a LoRA wrapper does): the old pointers must not be used; the decoder
+    # builds a plan for the new module
     old = model.layers[1].self_attn.o_proj
     new = nn.Linear(old.in_features, old.out_features, bias=False)
     model.layers[1].self_attn.o_proj = new
     assert not plan.valid()
-    model.__dict__["fast_decode"] = counter = Counting(plan)
-    stale, _ = decode(model, IDS, 5)
-    assert counter.hits == 0
-    model.__dict__.pop("fast_decode")
+    model.__dict__["fast_decode"] = counter = Counting(decoder)
+    fast, _ = decode(model, IDS, 5)
+    assert counter.hits == len(IDS) - 5 and decoder.plan is not plan
+    model.__dict__["fast_decode"] = None
     loop, _ = decode(model, IDS, 5)
-    torch.testing.assert_close(stale, loop, rtol=0, atol=0)
-    # weights changed in place are seen (training updates them this way)
-    assert install_fast_decode(model)
+    torch.testing.assert_close(fast, loop, rtol=2e-5, atol=2e-5)
+    # weights changed in place are seen as they are (training updates them this way)
     with torch.no_grad():
         model.layers[0].mlp.down_proj.weight.mul_(-1.5)
     fast, loop, _, _ = fast_vs_loop(model, IDS)
     torch.testing.assert_close(fast, loop, rtol=2e-5, atol=2e-5)
+    # a deep copy gets its own plan, pointing at its own tensors
+    assert install_fast_decode(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.layers[0].self_attn.q_proj.weight.mul_(2.0)
+    twin_fast, _ = decode(twin, IDS, 5)
+    model.__dict__["fast_decode"] = None
+    twin.__dict__["fast_decode"] = None
+    torch.testing.assert_close(twin_fast, decode(twin, IDS, 5)[0], rtol=2e-5, atol=2e-5)
+    assert not torch.allclose(twin_fast, decode(model, IDS, 5)[0])
     # another dtype: the kernel cannot run it, the loop does
     assert install_fast_decode(model)
+    model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
     model.to(torch.bfloat16)
-    assert not model.fast_decode.valid()
-    assert unsupported(model) is not None
+    with torch.inference_mode():
+        cache = model.new_kv_cache(1, 32)
+        model(torch.tensor([IDS[:3]]), torch.arange(3), cache)
+        model(torch.tensor([IDS[3:4]]), torch.tensor([3]), cache)
+    assert counter.hits == 0 and unsupported(model) is not None
 
 
 def test_unsupported_blocks_keep_the_layer_loop():
@@ -153,7 +191,7 @@ def test_engine_uses_the_fast_path_and_matches_greedy_without_it():
             out += [e.token_id for e in engine.step() if e.request_id == rid]
         return out
 
-    install_fast_decode(model)
+    assert install_fast_decode(model)
     model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
     fast = run()
     assert counter.hits == 11  # every step after the prefill

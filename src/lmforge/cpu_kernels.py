@@ -136,7 +136,7 @@ static void run_job(chunk_fn fn, const void* args, long n, int nthreads) {
 #define PF_DIST_I8 4096
 #endif
 #ifndef PF_DIST
-#define PF_DIST 2048
+#define PF_DIST 4096
 #endif
 /* ---- kernels ---------------------------------------------------------------------------------- */
 static inline float hsum_ps(__m256 v) {
@@ -305,6 +305,8 @@ typedef struct {
     int gated, parallel, shared_norm;
     float eps, attn_scale;
     const layer_t* layers;
+    const float *nf_w, *nf_b;  /* the final norm */
+    lin_t head;                /* the output head (N == 0: none) */
 } model_t;
 
 typedef struct {
@@ -406,12 +408,14 @@ static void lin(const lin_t* L, const float* x, float* y, int16_t* xq, int nthre
     }
 }
 
-/* x (d,): the token's embedding in, the last layer's output out. k_ptrs/v_ptrs: per layer, the
- * (B, ng, s_max, hs) fp32 caches; `row` is the batch row, `pos` the token's position (< s_max).
- * cos/sin_s: the n_rot rotary factors of `pos` (sin with its first half negated). Returns 0, or -1
- * when scratch memory is unavailable (x untouched then). */
-int lmf_decode_step(const model_t* m, float* x, const int64_t* k_ptrs, const int64_t* v_ptrs, int64_t s_max,
-                    int64_t row, int64_t pos, const float* cos, const float* sin_s, int nthreads) {
+/* x (d,): the token's embedding in; out: the final-normed hidden state (d,), or with `logits` the
+ * head's output (head.N,). k_ptrs/v_ptrs: per layer, the (B, ng, s_max, hs) fp32 caches; `row` is
+ * the batch row, `pos` the token's position (< s_max). cos/sin_s: the n_rot rotary factors of `pos`
+ * (sin with its first half negated). x is used as scratch. Returns 0, or -1 when scratch memory is
+ * unavailable (nothing written then). */
+int lmf_decode_step(const model_t* m, float* x, float* out_, int logits, const int64_t* k_ptrs,
+                    const int64_t* v_ptrs, int64_t s_max, int64_t row, int64_t pos, const float* cos,
+                    const float* sin_s, int nthreads) {
     const int64_t d = m->d, nh = m->nh, ng = m->ng, hs = m->hs;
     const int64_t qkv_n = (nh + 2 * ng) * hs, up_n = m->gated ? 2 * m->inter : m->inter;
     int64_t widest = d > qkv_n ? d : qkv_n;
@@ -464,6 +468,12 @@ int lmf_decode_step(const model_t* m, float* x, const int64_t* k_ptrs, const int
         lin(&L->down, t1, out, xq, nthreads);
         if (m->parallel) for (int64_t i = 0; i < d; i++) x[i] = x[i] + t3[i] + out[i];
         else for (int64_t i = 0; i < d; i++) x[i] += out[i];
+    }
+    if (logits) {
+        norm_row(m, x, m->nf_w, m->nf_b, h, d);
+        lin(&m->head, h, out_, xq, nthreads);
+    } else {
+        norm_row(m, x, m->nf_w, m->nf_b, out_, d);
     }
     free(buf);
     free(xq);
@@ -528,7 +538,7 @@ def load() -> ctypes.CDLL | None:
     lib.lmf_linear_f32.argtypes = [P, P, P, P, I64, I64, I64, INT]
     for f in (lib.lmf_linear_i8, lib.lmf_linear_bf16, lib.lmf_linear_f32):
         f.restype = None
-    lib.lmf_decode_step.argtypes = [P, P, P, P, I64, I64, I64, P, P, INT]
+    lib.lmf_decode_step.argtypes = [P, P, P, INT, P, P, I64, I64, I64, P, P, INT]
     lib.lmf_decode_step.restype = INT
     _lib = lib
     return lib

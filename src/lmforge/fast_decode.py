@@ -10,9 +10,9 @@ do. `DecodePlan` hands the whole layer stack for one token of one sequence to
 output projection and MLP, with the matrix-vector products on the kernels' own thread pool. The
 embedding before and the final norm and head after stay in `GPT.forward`.
 
-The plan is an optimisation only: `GPT.forward` calls `model.fast_decode` for a (1, 1) input with
-a KV cache when gradients are off, and takes its ordinary layer loop whenever the plan returns
-None. The arithmetic is the same fp32 arithmetic in a different summation order, so logits agree
+The plan is an optimisation only: `GPT.forward` calls `model.fast_decode` (a `FastDecoder`) for a
+(1, 1) input with a KV cache when gradients are off, and takes its ordinary layer loop whenever it
+returns None. The arithmetic is the same fp32 arithmetic in a different summation order, so logits agree
 with the layer loop to ~1e-6 relative (fp32 weights), not bitwise.
 
 Supported blocks (the common ones; others simply keep the layer loop): pre-norm RMSNorm or
@@ -26,6 +26,8 @@ window once the sequence is longer than it.
 from __future__ import annotations
 
 import ctypes
+import operator
+import weakref
 
 import torch
 import torch.nn as nn
@@ -50,7 +52,8 @@ class _Layer(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = [(n, _I64) for n in ("n_layer", "d", "nh", "ng", "hs", "inter", "n_rot")] + [
         (n, ctypes.c_int) for n in ("norm", "act", "gated", "parallel", "shared_norm")] + [
-        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("layers", ctypes.POINTER(_Layer))]
+        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("layers", ctypes.POINTER(_Layer)),
+        ("nf_w", _P), ("nf_b", _P), ("head", _Lin)]
 
 
 def _linear_mode(m: nn.Module) -> str | None:
@@ -111,6 +114,7 @@ class DecodePlan:
         self._lib = lib
         self._checks: list[tuple[dict, str, object]] = []  # (owner dict, key, object expected there)
         self._ptrs: list[tuple[torch.Tensor, int]] = []  # tensors the kernel reads, with their pointers
+        self._expected = None
 
         def ptr(t: torch.Tensor | None) -> int | None:
             if t is None:
@@ -136,7 +140,7 @@ class DecodePlan:
             watch(m, "weight", "bias")
             return ptr(m.weight), ptr(getattr(m, "bias", None))
 
-        watch(model, "layers")
+        watch(model, "layers", "norm", "lm_head")
         layers = []
         for i, block in enumerate(model.layers):
             attn, mlp = block.self_attn, block.mlp
@@ -165,12 +169,18 @@ class DecodePlan:
             layers.append(_Layer(q, k, v, lin(attn.o_proj), gate, up, lin(mlp.down_proj),
                                  n1[0], n1[1], n2[0], n2[1], qn, kn))
         self._layers = (_Layer * len(layers))(*layers)
+        nf = norm(model.norm)
+        # the head runs in the kernel too when it is a plain linear map (a classifier head is one)
+        head = model.lm_head
+        self.has_head = cfg.final_logit_softcap is None and _linear_mode(head) is not None and head.in_features % 16 == 0
+        self._vocab = head.out_features if self.has_head else 0
         self._struct = _Model(
             cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_query_groups, cfg.head_size, cfg.intermediate_size,
             cfg.rope_n_elem if cfg.position_embedding == "rope" else 0,
             0 if cfg.norm_class == "rmsnorm" else 1, _ACTIVATIONS[cfg.activation], int(cfg.mlp_class == "gated"),
             int(cfg.parallel_residual), int(cfg.parallel_residual and cfg.shared_attention_norm),
-            cfg.norm_eps, model.layers[0].self_attn.scale, self._layers)
+            cfg.norm_eps, model.layers[0].self_attn.scale, self._layers, nf[0], nf[1],
+            lin(head) if self.has_head else lin(None))
         self._model_ptr = ctypes.addressof(self._struct)
         slides = any(cfg.layer_uses_sliding_window(i) for i in range(cfg.n_layer))
         self._window = cfg.sliding_window if slides else None
@@ -178,16 +188,24 @@ class DecodePlan:
 
     def valid(self) -> bool:
         """The modules and tensors the plan points at are still the model's, where they were."""
-        return all(d.get(k) is o for d, k, o in self._checks) and all(t.data_ptr() == p for t, p in self._ptrs)
+        if self._expected is None:  # frozen on first use: lists compare in C, ~10x faster than a loop
+            self._pairs = [(d, k) for d, k, _ in self._checks]
+            self._expected = [o for _, _, o in self._checks]
+            self._tensors = [t for t, _ in self._ptrs]
+            self._addresses = [p for _, p in self._ptrs]
+        return (all(map(operator.is_, [d.get(k) for d, k in self._pairs], self._expected))
+                and [t.data_ptr() for t in self._tensors] == self._addresses)
 
-    def __call__(self, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
-                 cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor | None:
-        """The hidden state after the last layer for one token (x: (1, 1, d) fp32), or None to fall back.
+    def step(self, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
+             cos: torch.Tensor | None, sin: torch.Tensor | None,
+             logits: bool = True) -> tuple[torch.Tensor, bool] | None:
+        """Run one token (x: (1, 1, d) fp32 embedding) through every layer, or return None to fall back.
 
-        cos/sin are the token's rotary factors as `GPT._rope` gives them (sin with its first half
-        negated); `rows` picks the cache row (default 0).
+        Returns (the head's output (1, 1, V), True) when `logits` and the plan has the head, else
+        (the final-normed hidden state (1, 1, d), False). cos/sin are the token's rotary factors as
+        `GPT._rope` gives them (sin with its first half negated); `rows` picks the cache row.
         """
-        if x.dtype != torch.float32 or x.device.type != "cpu" or not self.valid():
+        if x.dtype != torch.float32 or x.device.type != "cpu":
             return None
         p = int(pos.reshape(-1)[0])
         k0 = cache.k[0]
@@ -204,24 +222,76 @@ class DecodePlan:
         row = 0 if rows is None else int(rows.reshape(-1)[0])
         if not 0 <= row < k0.size(0):
             return None
-        out = x.reshape(self._d).clone()
+        h = x.reshape(self._d).clone()  # the kernel's residual stream
+        head = logits and self.has_head
+        out = torch.empty(1, 1, self._vocab if head else self._d)
         if cos is not None:
             cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
-        rc = self._lib.lmf_decode_step(self._model_ptr, out.data_ptr(), ptrs[0].data_ptr(), ptrs[1].data_ptr(),
-                                       k0.size(2), row, p, None if cos is None else cos.data_ptr(),
+        rc = self._lib.lmf_decode_step(self._model_ptr, h.data_ptr(), out.data_ptr(), int(head), ptrs[0].data_ptr(),
+                                       ptrs[1].data_ptr(), k0.size(2), row, p, None if cos is None else cos.data_ptr(),
                                        None if sin is None else sin.data_ptr(), torch.get_num_threads())
-        return out.view(1, 1, self._d) if rc == 0 else None
+        return (out, head) if rc == 0 else None
+
+
+class FastDecoder:
+    """What `install_fast_decode` puts at `model.fast_decode`: the model's `DecodePlan`, kept current.
+
+    Called by `GPT.forward` with the model itself, it (re)builds the plan when the model's modules
+    or tensors have changed since (a swapped projection, a LoRA merge, `load_state_dict(assign=True)`)
+    and returns None, for the layer loop, once the model no longer fits the kernel (it then stops
+    trying for that model object; `install_fast_decode` tries again). A deep copy of the model gets
+    a fresh decoder that builds its own plan for the copy.
+    """
+
+    def __init__(self) -> None:
+        self._plan: DecodePlan | None = None
+        self._model = None  # weakref to the model the plan was built for
+        self._gave_up = None  # weakref to a model found unsupported
+
+    def prepare(self, model: nn.Module) -> bool:
+        """Build the plan for `model` now; False when the model or machine cannot use the kernel."""
+        self._plan, self._model = None, None
+        lib = cpu_kernels.load()
+        if lib is None or unsupported(model) is not None:
+            self._gave_up = weakref.ref(model)
+            return False
+        self._plan, self._model, self._gave_up = DecodePlan(model, lib), weakref.ref(model), None
+        return True
+
+    @property
+    def plan(self) -> DecodePlan | None:
+        return self._plan
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
+                 cos: torch.Tensor | None, sin: torch.Tensor | None,
+                 logits: bool = True) -> tuple[torch.Tensor, bool] | None:
+        """`DecodePlan.step` for `model`, with the plan (re)built as needed; None: use the layer loop."""
+        plan = self._plan
+        if plan is None or self._model() is not model or not plan.valid():
+            if self._gave_up is not None and self._gave_up() is model:
+                return None
+            if not self.prepare(model):
+                return None
+            plan = self._plan
+        return plan.step(x, pos, cache, rows, cos, sin, logits)
+
+    def __deepcopy__(self, memo) -> FastDecoder:
+        return FastDecoder()  # raw pointers must not be copied: the copy builds its own plan
+
+    def __reduce__(self):
+        return FastDecoder, ()
 
 
 def install_fast_decode(model: nn.Module) -> bool:
-    """Attach a `DecodePlan` to `model` as `model.fast_decode` where kernels and model allow.
+    """Attach a `FastDecoder` to `model` (as `model.fast_decode`) where kernels and model allow.
 
-    Safe to call on any model, any number of times (it rebuilds the plan). Returns True if installed.
-    Set `LMFORGE_NO_KERNELS=1` to turn the kernels, and with them this path, off.
+    Safe to call on any model, any number of times. Returns True if the model can use it now.
+    Set `LMFORGE_NO_KERNELS=1` to turn the kernels, and with them this path, off; set
+    `model.fast_decode = None` (in `model.__dict__`) to keep one model on its layer loop.
     """
     model.__dict__.pop("fast_decode", None)
-    lib = cpu_kernels.load()
-    if lib is None or unsupported(model) is not None:
+    decoder = FastDecoder()
+    if not decoder.prepare(model):
         return False
-    model.__dict__["fast_decode"] = DecodePlan(model, lib)
+    model.__dict__["fast_decode"] = decoder
     return True

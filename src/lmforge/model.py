@@ -434,18 +434,21 @@ class GPT(nn.Module):
             cos, sin = self._rope(pos, x.dtype)  # (B, 1, T, n_rot) each; sin has its first half negated
 
         fast = self.__dict__.get("fast_decode")  # one kernel call for all layers (lmforge.fast_decode)
-        y = None
+        done = None
         if fast is not None and B == 1 and T == 1 and cache is not None and not torch.is_grad_enabled():
-            y = fast(x, pos, cache, rows, cos, sin)  # None: not applicable here, take the layer loop
-        if y is not None:
-            x = y
+            # (logits, True), (normed hidden, False), or None: not applicable, take the layer loop
+            done = fast(self, x, pos, cache, rows, cos, sin, not return_hidden)
+        if done is not None:
+            x, is_logits = done
+            if is_logits:
+                return x
         else:
             ctx = self._context(pos, cache, rows, default_pos)
             for block in self.layers:
                 x = block(x, cos, sin, ctx)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        x = self.norm(x)
+            if logits_to_keep:
+                x = x[:, -logits_to_keep:]
+            x = self.norm(x)
         if return_hidden:
             return x
         logits = self.lm_head(x)

@@ -10,11 +10,17 @@ one untimed warm-up of every variant, then `--rounds` rounds; in each round ever
 in turn (A B C A B C …), and a large-tensor copy measures the memory bandwidth of that moment.
 Reported: medians over rounds of tokens/s and of the per-round ratio to transformers, and the
 roofline = copy bandwidth / weight bytes read per token (one read of every matrix, the head included).
+The copy bandwidth (STREAM convention: bytes read + bytes written per second) is measured right
+before and right after every timed run, and the larger of the two sets that run's roofline (the
+bandwidth swings with the neighbours' load; taking the larger never flatters the % roofline).
 
 Variants:
     hf      transformers `model.generate(do_sample=False)`, fp32 (the reference)
-    raw     lmforge `model.forward` loop with a KVCache, greedy, `logits_to_keep=1`, fp32
-    engine  lmforge `generate.generate` (Engine, SamplingParams, ignore_eos), fp32
+    loop    lmforge `model.forward` loop with a KVCache, greedy, `logits_to_keep=1`, fp32, through
+            GPT's own Python layer loop (the one-call decoder `lmforge.fast_decode` switched off)
+    raw     the same loop as `LLM.load` sets the model up on CPU: fp32 weights as they are, each
+            step's layers in one `lmforge.fast_decode` kernel call
+    engine  lmforge `generate.generate` (Engine, SamplingParams, ignore_eos), fp32 (fast_decode on)
     fp32k   raw loop after `quantize_model(model, "fp32")` (same fp32 weights, lmforge's CPU kernels)
     int8    raw loop after `quantize_model(model, "int8")` (weight-only int8, per-channel scales)
     bf16    raw loop after `quantize_model(model, "bf16")` (bf16 weights, fp32 activations)
@@ -44,7 +50,7 @@ import torch  # noqa: E402
 from lmforge.config import Config  # noqa: E402
 from lmforge.model import GPT  # noqa: E402
 
-VARIANTS = ("hf", "raw", "engine", "fp32k", "int8", "bf16")
+VARIANTS = ("hf", "loop", "raw", "engine", "fp32k", "int8", "bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,13 +175,18 @@ def bench_model(name: str, args, tmp: Path, buf) -> list[dict]:
     prompt = torch.randint(0, model.config.vocab_size, (args.prompt_tokens,), generator=g)
     long_prompt = torch.randint(0, model.config.vocab_size, (args.ttft_prompt,), generator=g)
 
-    models = {"hf": hf, "raw": model, "engine": model}
+    from lmforge.fast_decode import install_fast_decode
+
+    loop = copy.deepcopy(model)
+    loop.__dict__["fast_decode"] = None  # GPT's own layer loop (an explicit None: nothing installs one)
+    install_fast_decode(model)  # what LLM.load / load_source do on CPU
+    models = {"hf": hf, "loop": loop, "raw": model, "engine": model}
     for variant, mode in (("fp32k", "fp32"), ("int8", "int8"), ("bf16", "bf16")):
         if variant in args.variants:
             models[variant] = quantize_model(copy.deepcopy(model), mode)
     runners = {
         "hf": lambda m, p, n: hf_decode(m, p, n),
-        "raw": raw_decode, "engine": engine_decode, "fp32k": raw_decode, "int8": raw_decode, "bf16": raw_decode,
+        "loop": raw_decode, "raw": raw_decode, "engine": engine_decode, "fp32k": raw_decode, "int8": raw_decode, "bf16": raw_decode,
     }
     variants = [v for v in args.variants if v in models]
     nbytes = {v: weight_bytes(models[v]) for v in variants}
@@ -188,22 +199,24 @@ def bench_model(name: str, args, tmp: Path, buf) -> list[dict]:
 
     tps = {v: [] for v in variants}
     ttft = {v: [] for v in variants}
-    bws = []
+    bw = {v: [] for v in variants}  # copy bandwidth around each timed run
     for r in range(args.rounds):
-        bws.append(copy_bandwidth(buf))
         for v in variants:
+            before = copy_bandwidth(buf)
             dt, out = timed(lambda: runners[v](models[v], prompt, args.new_tokens))
             tps[v].append(len(out) / dt)
+            bw[v].append(max(before, copy_bandwidth(buf)))
         if args.ttft_prompt:
             for v in variants:
                 dt, _ = timed(lambda: runners[v](models[v], long_prompt, 1))
                 ttft[v].append(dt)
         line = "  ".join(f"{v} {tps[v][-1]:5.1f}" for v in variants)
-        print(f"  round {r + 1}: copy {bws[-1] / 1e9:5.1f} GB/s  tok/s: {line}", flush=True)
+        copy_bw = statistics.median(b[-1] for b in bw.values())
+        print(f"  round {r + 1}: copy {copy_bw / 1e9:5.1f} GB/s  tok/s: {line}", flush=True)
 
     rows = []
     for v in variants:
-        roof = [bw / nbytes[v] for bw in bws]
+        roof = [b / nbytes[v] for b in bw[v]]
         row = {
             "model": name, "variant": v, "MB/token": nbytes[v] / 1e6,
             "tok/s": statistics.median(tps[v]),
@@ -213,7 +226,7 @@ def bench_model(name: str, args, tmp: Path, buf) -> list[dict]:
             "ttft ms": 1e3 * statistics.median(ttft[v]) if ttft[v] else float("nan"),
             "ttft x hf": (statistics.median(b / a for a, b in zip(ttft[v], ttft["hf"]))
                           if ttft[v] and "hf" in ttft else float("nan")),
-            "GB/s copy": statistics.median(bws) / 1e9,
+            "GB/s copy": statistics.median(bw[v]) / 1e9,
         }
         rows.append(row)
     return rows

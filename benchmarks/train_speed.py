@@ -1,13 +1,18 @@
-"""Training speed of lmforge's GPT vs HF transformers' GPTNeoXForCausalLM, side by side in one process.
+"""Training speed of lmforge's real training step vs HF transformers' GPTNeoXForCausalLM, side by side in one process.
 
     .venv/bin/python benchmarks/train_speed.py                      # pythia-14m and pythia-160m, fp32 + bf16
     .venv/bin/python benchmarks/train_speed.py --models pythia-14m --rounds 3 --steps 2
+    .venv/bin/python benchmarks/train_speed.py --compile            # adds an "ours+compile" row
 
-Both sides run the same plain loop (forward, cross-entropy, backward, AdamW step) on the same random
-batches of micro-batch 4 x 256 tokens. Method: alternate A/B timing rounds (ours, theirs, ours, …) so
-machine noise hits both sides alike, and report the *median of the pairwise ratios*; never an
-absolute time as a pass/fail. Reported per row: tokens/s, MFU against the measured matmul peak
-(lmforge.training.monitor), peak memory (CUDA: max allocated; CPU: not separable per model, so "-").
+The lmforge side runs `lmforge.training.pretrain.train_step` — exactly what `lmforge pretrain` does
+per optimizer step: forward to the final hidden states, the fused chunked head + cross-entropy, backward,
+gradient clipping (1.0), AdamW over pretrain's parameter groups (fused kernel), zero_grad. The HF side is
+the plain loop a user writes: forward, `F.cross_entropy` on the full logits, backward,
+`torch.optim.AdamW` with its defaults, zero_grad. Both train on the same random batches of micro-batch
+4 x 256 tokens. Method: alternate A/B timing rounds (ours, theirs, ours, …) so machine noise hits both
+sides alike, and report the *median of the pairwise ratios*; never an absolute time as a pass/fail.
+Reported per row: tokens/s, MFU against the measured matmul peak (lmforge.training.monitor), peak memory
+(CUDA: max allocated; CPU: not separable per model, so "-").
 
 Targets (from the issue): ours fp32 >= 1.15x transformers fp32; ours bf16 autocast >= 1.8x
 transformers fp32, with a bf16 loss curve that tracks fp32's (`--track-steps`: both precisions trained
@@ -42,11 +47,25 @@ def build_pair(name: str, device: torch.device):
 
 
 def make_step(model, hf: bool, bf16: bool, device: torch.device):
+    """One optimizer step on one micro-batch: lmforge's `train_step`, or HF's plain loop."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if not hf:
+        from lmforge.training.optim import make_adamw
+        from lmforge.training.pretrain import TrainArgs, train_step
+
+        t = TrainArgs()  # pretrain's defaults: lr, betas, weight decay, eps, grad_clip
+        opt = make_adamw(model, t.lr, t.weight_decay, t.betas, t.eps)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> float:
+            loss_sum, _ = train_step(model, opt, lambda: (x, y), 1, t.grad_clip, autocast)
+            return float(loss_sum)
+
+        return step
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=x).logits if hf else model(x)
+        with autocast:
+            logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
@@ -89,29 +108,48 @@ def bench(name: str, args, device: torch.device) -> list[dict]:
                 print(f"{name} bf16: skipped (this CPU has no native bf16; pass --allow-emulated-bf16 to time it anyway)")
                 continue
         steps = {"ours": make_step(ours, False, bf16, device), "hf": make_step(theirs, True, bf16, device)}
-        steps["ours"](*batches[0])  # warm-up both (allocator, kernels)
-        steps["hf"](*batches[0])
-        times = {"ours": [], "hf": []}
+        first = {}
+        for who in ("ours", "hf"):  # warm-up (allocator, kernels)
+            first[who] = timed(steps[who], batches[:1], device)
+        if args.compile:
+            import copy
+
+            compiled = copy.deepcopy(ours)
+            compiled.compile()
+            steps["ours+compile"] = make_step(compiled, False, bf16, device)
+            first["ours+compile"] = timed(steps["ours+compile"], batches[:1], device)  # compiles
+            print(f"  {name} {prec}: first step (compile included) {first['ours+compile']:.1f} s "
+                  f"vs {first['ours']:.1f} s eager", flush=True)
+        times = {who: [] for who in steps}
+        peaks = dict.fromkeys(steps, 0.0)
         for r in range(args.rounds):
-            order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")  # alternate who goes first
+            order = list(steps) if r % 2 == 0 else list(reversed(steps))  # alternate who goes first
             for who in order:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 times[who].append(timed(steps[who], batches, device))
-        ratios = [h / o for o, h in zip(times["ours"], times["hf"])]  # > 1: ours is faster
+                if device.type == "cuda":
+                    peaks[who] = max(peaks[who], torch.cuda.max_memory_allocated() / 2**30)
         peak = measured_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
-        for who in ("ours", "hf"):
+        new_rows = []
+        for who in steps:
             tok_s = B * T * args.steps / statistics.median(times[who])
-            rows.append({"model": name, "precision": prec, "impl": who, "tokens_per_sec": tok_s,
-                         "mfu": tok_s * fpt / peak})
+            row = {"model": name, "precision": prec, "impl": who, "tokens_per_sec": tok_s, "mfu": tok_s * fpt / peak}
+            if who != "hf":
+                # > 1: ours is faster; per-round ratios against the HF round timed next to it
+                row["ratio_vs_hf_same_precision"] = statistics.median(
+                    h / o for o, h in zip(times[who], times["hf"]))
+            if device.type == "cuda":
+                row["peak_mem_gib"] = peaks[who]
+            new_rows.append(row)
         if prec == "fp32":
-            base = rows[-1]["tokens_per_sec"]
-        rows[-2]["ratio_vs_hf_same_precision"] = statistics.median(ratios)
+            base = next(r["tokens_per_sec"] for r in new_rows if r["impl"] == "hf")
         if base is not None:
-            rows[-2]["ratio_vs_hf_fp32"] = rows[-2]["tokens_per_sec"] / base
-        if device.type == "cuda":
-            rows[-2]["peak_mem_gib"] = rows[-1]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        show(rows[-2:])  # as soon as measured: a long run cut short still reports
+            for row in new_rows:
+                if row["impl"] != "hf":
+                    row["ratio_vs_hf_fp32"] = row["tokens_per_sec"] / base
+        rows += new_rows
+        show(new_rows)  # as soon as measured: a long run cut short still reports
     if args.track_steps:
         rows.append({"model": name, "bf16_vs_fp32_max_loss_diff": track(name, args, device, config)})
         show(rows[-1:])
@@ -158,6 +196,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds (the median of pairwise ratios is reported)")
     p.add_argument("--track-steps", type=int, default=0, help="also compare bf16 and fp32 loss curves over N steps")
     p.add_argument("--allow-emulated-bf16", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time lmforge's step with the model torch.compile'd")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)

@@ -339,6 +339,88 @@ def _launch(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# one optimizer step: what the loop runs (benchmarks/train_speed.py times exactly this)
+# ---------------------------------------------------------------------------------------------
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None,
+            reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of `model` (plain, DDP/FSDP-wrapped or compiled) on inputs x, targets y.
+
+    A plain `nn.Linear` head over the vocabulary (tied or not, without logit softcapping) goes through
+    `fused_linear_cross_entropy`: the (b, T, vocab) logits tensor is never built, which on CPU is what
+    most of a small model's step time went to. Any other head (a replaced `lm_head`) gets the plain
+    `F.cross_entropy` of the model's logits.
+
+    Args:
+        model: the model being trained.
+        x: (b, T) input ids.
+        y: (b, T) target ids (`-100`: not scored).
+        autocast: the autocast context of the forward pass (None: none).
+        reduction: "mean" over the scored tokens, or "sum".
+    """
+    import contextlib
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from lmforge.training.distributed import unwrap
+    from lmforge.training.loss import fused_linear_cross_entropy
+
+    inner = getattr(unwrap(model), "_orig_mod", unwrap(model))
+    head, config = getattr(inner, "lm_head", None), getattr(inner, "config", None)
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    if (type(head) is nn.Linear and config is not None and head.out_features == config.vocab_size
+            and getattr(config, "final_logit_softcap", None) is None):
+        with autocast:
+            hidden = model(x, return_hidden=True)  # (b, T, d)
+            # the head runs inside the loss, chunk by chunk (in the autocast dtype, softmax in fp32)
+            return fused_linear_cross_entropy(hidden, head.weight, y, bias=head.bias, reduction=reduction)
+    with autocast:
+        logits = model(x)  # (b, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               next_batch: Any, accum: int, grad_clip: float | None, autocast: Any = None,
+               grad_sync: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step over `accum` micro-batches: forward, loss, backward, clip, AdamW, zero grads.
+
+    Args:
+        model: the model being trained (plain, DDP/FSDP-wrapped or compiled).
+        optimizer: its optimizer (learning rate already set for this step).
+        next_batch: callable returning the next micro-batch `(x, y)`, already on the model's device.
+        accum: micro-batches per optimizer step (gradient accumulation).
+        grad_clip: clip the global gradient norm to this (None: no clipping).
+        autocast: the autocast context of the forward passes (None: none).
+        grad_sync: callable `(last: bool) -> context manager` around each micro-batch's backward
+            (DDP/FSDP: skip the gradient all-reduce on all but the last).
+
+    Returns:
+        The sum of the micro-batch mean losses and the gradient norm before clipping, as tensors (not
+        read here, so no device sync per step).
+    """
+    import contextlib
+
+    import torch
+
+    loss_sum = None
+    for micro in range(accum):
+        x, y = next_batch()
+        with grad_sync(micro == accum - 1) if grad_sync is not None else contextlib.nullcontext():
+            loss = lm_loss(model, x, y, autocast)  # mean over b*T tokens
+            # dividing by accum makes the summed gradient the mean over this process's accum*b
+            # sequences; DDP/FSDP then average over the W processes: the mean over the global batch
+            (loss / accum).backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    grad_norm = None
+    if grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+# ---------------------------------------------------------------------------------------------
 # one training run
 # ---------------------------------------------------------------------------------------------
 class _Run:
@@ -490,10 +572,13 @@ class _Run:
             raise PretrainConfigError(f"resume: {path} is not a training checkpoint (no train_state.pt)")
         return path
 
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.loader)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
     # -- the loop --
     def train(self) -> dict[str, Any]:
         import torch
-        import torch.nn.functional as F
 
         from lmforge.training import distributed
         from lmforge.training.monitor import RunLog, flops_per_token, format_duration, measured_peak_flops
@@ -539,24 +624,9 @@ class _Run:
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=self.device)
-            for micro in range(accum):
-                x, y = next(self.loader)
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                with distributed.grad_sync(self.model, cfg.strategy, info, sync=micro == accum - 1):
-                    with autocast:
-                        logits = self.model(x)  # (b, T, V)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # mean over b*T tokens
-                    # dividing by accum makes the summed gradient the mean over this process's accum*b
-                    # sequences; DDP/FSDP then average over the W processes: the mean over the global batch
-                    (loss / accum).backward()
-                loss_sum += loss.detach()
-            grad_norm = None
-            if t.grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, grad_norm = train_step(
+                self.model, self.optimizer, self._next_batch, accum, t.grad_clip, autocast,
+                grad_sync=lambda last: distributed.grad_sync(self.model, cfg.strategy, info, sync=last))
             step += 1
             tokens += tokens_per_step
             tokens_window += tokens_per_step
@@ -567,6 +637,8 @@ class _Run:
             last = step >= t.max_steps or out_of_time
             if step % cfg.log.interval == 0 or last:
                 train_loss = float(distributed.all_reduce_sum(loss_sum / accum, info)) / W
+                if grad_norm is not None:  # read only when logged: no device sync on the other steps
+                    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
                 now = time.perf_counter()
                 tok_s = tokens_window / max(now - t_window, 1e-9)
                 t_window, tokens_window = now, 0
@@ -624,7 +696,6 @@ class _Run:
         """
         import numpy as np
         import torch
-        import torch.nn.functional as F
 
         from lmforge.training.distributed import all_reduce_sum
 
@@ -643,9 +714,7 @@ class _Run:
                 rows = [self.val_data.slice(w * T, w * T + T + 1) for w in mine[i : i + b]]
                 batch = torch.from_numpy(np.stack(rows)).to(self.device)
                 x, y = batch[:, :-1], batch[:, 1:]
-                with autocast:
-                    logits = self.model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                loss = lm_loss(self.model, x, y, autocast, reduction="sum")
                 total += torch.stack([loss.double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=self.device)])
         self.model.train()
         all_reduce_sum(total, self.info)

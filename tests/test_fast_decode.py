@@ -99,6 +99,39 @@ def test_fast_decode_equals_layer_loop(family, mode):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
 
 
+@pytest.mark.parametrize("mode", ["plain", "int8"])
+@pytest.mark.parametrize("family", ["llama-gqa", "pythia-parallel"])
+def test_several_sequences_at_their_own_positions(family, mode):
+    """B rows in one step, each at its own position (continuous batching), equal the layer loop."""
+    model = build(family)
+    if mode != "plain":
+        quantize_model(model, mode)
+    lengths = [3, 9, 6]
+    results = []
+    for fast in (True, False):
+        if fast:
+            assert install_fast_decode(model)
+            model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
+        else:
+            model.__dict__["fast_decode"] = None
+        cache = model.new_kv_cache(4, 32)
+        steps = []
+        with torch.inference_mode():
+            for r, n in enumerate(lengths):  # prefill rows 1..3 to different lengths
+                model(torch.tensor([IDS[r:r + n]]), torch.arange(n), cache, rows=torch.tensor([r + 1]))
+            pos = torch.tensor(lengths).view(3, 1)
+            for i in range(3):
+                idx = torch.tensor([[IDS[i]], [IDS[i + 4]], [IDS[i + 8]]])
+                steps.append(model(idx, pos + i, cache, rows=torch.tensor([1, 2, 3])))
+        results.append((torch.cat(steps, 1), cache))
+    assert counter.hits == 3
+    tol = 2e-3 if mode == "int8" else 2e-5
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=tol, atol=tol * float(results[1][0].abs().max()))
+    for a, b in zip(results[0][1].k, results[1][1].k):
+        assert a[0].abs().sum() == 0
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
+
+
 def test_hidden_states_and_a_replaced_head():
     model = build("llama-gqa")
     model.lm_head = nn.Linear(model.config.n_embd, 2)  # a classifier head runs in the kernel too

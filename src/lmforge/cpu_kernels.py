@@ -150,6 +150,7 @@ static inline float hsum_ps(__m256 v) {
 typedef struct {
     const float* x; const void* w; const float* scale; const float* bias; float* y;
     const int16_t* xq; const float* xs; int64_t M, N, K, rows;
+    int64_t ldy;  /* output row stride (0: N) */
 } linear_args;
 
 static inline void store_rows(const linear_args* a, int64_t m, int64_t n0, int64_t nr, const float* r, float xs) {
@@ -157,7 +158,7 @@ static inline void store_rows(const linear_args* a, int64_t m, int64_t n0, int64
         float v = r[i] * xs;
         if (a->scale) v *= a->scale[n0 + i];
         if (a->bias) v += a->bias[n0 + i];
-        a->y[m * a->N + n0 + i] = v;
+        a->y[m * (a->ldy ? a->ldy : a->N) + n0 + i] = v;
     }
 }
 
@@ -264,7 +265,7 @@ void lmf_linear_i8(const float* x, const int8_t* w, const float* scale, const fl
     int16_t* xq = (int16_t*)aligned_alloc(32, (size_t)((M * K * 2 + 31) & ~31L));
     float* xs = (float*)malloc((size_t)M * sizeof(float));
     quant_rows(x, M, K, xq, xs);
-    linear_args a = {x, w, scale, bias, y, xq, xs, M, N, K, 0};
+    linear_args a = {x, w, scale, bias, y, xq, xs, M, N, K, 0, 0};
     run_linear(i8_chunk, &a, 1, nthreads);
     free(xq);
     free(xs);
@@ -273,13 +274,13 @@ void lmf_linear_i8(const float* x, const int8_t* w, const float* scale, const fl
 /* y[M,N] = x[M,K] @ w[N,K]^T + bias[N]; w bf16 (raw uint16 bits) or fp32, K % 8 == 0. */
 void lmf_linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
                      int64_t M, int64_t N, int64_t K, int nthreads) {
-    linear_args a = {x, w, 0, bias, y, 0, 0, M, N, K, 0};
+    linear_args a = {x, w, 0, bias, y, 0, 0, M, N, K, 0, 0};
     run_linear(bf16_chunk, &a, 2, nthreads);
 }
 
 void lmf_linear_f32(const float* x, const float* w, const float* bias, float* y,
                     int64_t M, int64_t N, int64_t K, int nthreads) {
-    linear_args a = {x, w, 0, bias, y, 0, 0, M, N, K, 0};
+    linear_args a = {x, w, 0, bias, y, 0, 0, M, N, K, 0, 0};
     run_linear(f32_chunk, &a, 4, nthreads);
 }
 
@@ -310,20 +311,23 @@ typedef struct {
 } model_t;
 
 typedef struct {
-    const float* q; const float* kc; const float* vc; float* y; float* scores;
-    int64_t hs, s_max, n, q_per_kv; float scale;
+    const float* q; int64_t ldq;          /* queries of token m, head h: q + m*ldq + h*hs */
+    const int64_t* kv_off;                /* per token: element offset of its cache row */
+    const float* kc; const float* vc;     /* this layer's caches, (B, ng, s_max, hs) */
+    const int64_t* pos; float* y; float* scores; int64_t score_stride;
+    int64_t nh, hs, s_max, q_per_kv; float scale;
 } attn_args;
 
-/* one query head over the n cached positions of its kv group */
-static void attn_head(const void* args, int64_t h) {
+/* one query head of one token over the pos+1 cached positions of its kv group */
+static void attn_head(const void* args, int64_t c) {
     const attn_args* a = (const attn_args*)args;
-    const int64_t hs = a->hs, g = h / a->q_per_kv;
-    const float* q = a->q + h * hs;
-    const float* kc = a->kc + g * a->s_max * hs;
-    const float* vc = a->vc + g * a->s_max * hs;
-    float* sc = a->scores + h * a->n;
+    const int64_t m = c / a->nh, h = c % a->nh, hs = a->hs, g = h / a->q_per_kv, n = a->pos[m] + 1;
+    const float* q = a->q + m * a->ldq + h * hs;
+    const float* kc = a->kc + a->kv_off[m] + g * a->s_max * hs;
+    const float* vc = a->vc + a->kv_off[m] + g * a->s_max * hs;
+    float* sc = a->scores + c * a->score_stride;
     float mx = -INFINITY;
-    for (int64_t s = 0; s < a->n; s++) {
+    for (int64_t s = 0; s < n; s++) {
         const float* k = kc + s * hs;
         __m256 acc = _mm256_setzero_ps();
         int64_t j = 0;
@@ -334,11 +338,11 @@ static void attn_head(const void* args, int64_t h) {
         mx = fmaxf(mx, sc[s]);
     }
     float sum = 0.f;
-    for (int64_t s = 0; s < a->n; s++) { sc[s] = expf(sc[s] - mx); sum += sc[s]; }
+    for (int64_t s = 0; s < n; s++) { sc[s] = expf(sc[s] - mx); sum += sc[s]; }
     float inv = 1.f / sum;
-    float* y = a->y + h * hs;
+    float* y = a->y + m * a->nh * hs + h * hs;
     for (int64_t j = 0; j < hs; j++) y[j] = 0.f;
-    for (int64_t s = 0; s < a->n; s++) {
+    for (int64_t s = 0; s < n; s++) {
         const float* v = vc + s * hs;
         float p = sc[s] * inv;
         int64_t j = 0;
@@ -362,6 +366,10 @@ static void norm_row(const model_t* m, const float* x, const float* w, const flo
     for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
     float r = 1.f / sqrtf(var / (float)n + m->eps);
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * r * w[i] + (b ? b[i] : 0.f);
+}
+
+static void norm_rows(const model_t* m, int64_t M, const float* x, const float* w, const float* b, float* out, int64_t n) {
+    for (int64_t r = 0; r < M; r++) norm_row(m, x + r * n, w, b, out + r * n, n);
 }
 
 static inline float act_fn(int act, float v) {
@@ -393,13 +401,13 @@ static void rms_heads(float* x, int64_t n_heads, int64_t hs, const float* w, flo
     }
 }
 
-static void lin(const lin_t* L, const float* x, float* y, int16_t* xq, int nthreads) {
-    linear_args a = {x, L->w, L->scale, L->bias, y, xq, 0, 1, L->N, L->K, 0};
-    float xs;
+/* y[M, :N] (row stride ldy) = x[M, K] @ W^T on the pool; xq/xs: scratch for the int8 path */
+static void lin(const lin_t* L, int64_t M, const float* x, float* y, int64_t ldy, int16_t* xq, float* xs,
+                int nthreads) {
+    linear_args a = {x, L->w, L->scale, L->bias, y, xq, xs, M, L->N, L->K, 0, ldy};
     if (L->N == 0) return;
     if (L->mode == 2) {
-        quant_rows(x, 1, L->K, xq, &xs);
-        a.xs = &xs;
+        quant_rows(x, M, L->K, xq, xs);
         run_linear(i8_chunk, &a, 1, nthreads);
     } else if (L->mode == 1) {
         run_linear(bf16_chunk, &a, 2, nthreads);
@@ -408,75 +416,88 @@ static void lin(const lin_t* L, const float* x, float* y, int16_t* xq, int nthre
     }
 }
 
-/* x (d,): the token's embedding in; out: the final-normed hidden state (d,), or with `logits` the
- * head's output (head.N,). k_ptrs/v_ptrs: per layer, the (B, ng, s_max, hs) fp32 caches; `row` is
- * the batch row, `pos` the token's position (< s_max). cos/sin_s: the n_rot rotary factors of `pos`
- * (sin with its first half negated). x is used as scratch. Returns 0, or -1 when scratch memory is
- * unavailable (nothing written then). */
-int lmf_decode_step(const model_t* m, float* x, float* out_, int logits, const int64_t* k_ptrs,
-                    const int64_t* v_ptrs, int64_t s_max, int64_t row, int64_t pos, const float* cos,
-                    const float* sin_s, int nthreads) {
-    const int64_t d = m->d, nh = m->nh, ng = m->ng, hs = m->hs;
-    const int64_t qkv_n = (nh + 2 * ng) * hs, up_n = m->gated ? 2 * m->inter : m->inter;
-    int64_t widest = d > qkv_n ? d : qkv_n;
+/* M tokens, each the next token of its own sequence (batch-row `rows[m]` of the caches, position
+ * `pos[m]` < s_max), through every layer. x (M, d): the tokens' embeddings in (used as scratch);
+ * out: the final-normed hidden states (M, d), or with `logits` the head's output (M, head.N).
+ * k_ptrs/v_ptrs: per layer, the (B, ng, s_max, hs) fp32 caches. cos/sin_s (M, n_rot): rotary
+ * factors of each token's position (sin with its first half negated). Returns 0, or -1 when
+ * scratch memory is unavailable (nothing written then). */
+int lmf_decode_step(const model_t* m, float* x, float* out_, int logits, int64_t M, const int64_t* k_ptrs,
+                    const int64_t* v_ptrs, int64_t s_max, const int64_t* rows, const int64_t* pos,
+                    const float* cos, const float* sin_s, int nthreads) {
+    const int64_t d = m->d, nh = m->nh, ng = m->ng, hs = m->hs, n_rot = m->n_rot, inter = m->inter;
+    const int64_t qkv_n = (nh + 2 * ng) * hs, up_n = m->gated ? 2 * inter : inter;
+    int64_t widest = d > qkv_n ? d : qkv_n, max_n = 0;
     if (up_n > widest) widest = up_n;
     if (nh * hs > widest) widest = nh * hs;
-    size_t fl = (size_t)(4 * widest + nh * (pos + 1) + 64);
+    for (int64_t r = 0; r < M; r++) max_n = pos[r] + 1 > max_n ? pos[r] + 1 : max_n;
+    size_t fl = (size_t)(4 * M * widest + M * nh * max_n + 64);
     float* buf = (float*)aligned_alloc(32, ((fl * sizeof(float)) + 31) & ~(size_t)31);
-    int16_t* xq = (int16_t*)aligned_alloc(32, ((size_t)widest * 2 + 31) & ~(size_t)31);
-    if (!buf || !xq) { free(buf); free(xq); return -1; }
-    float *h = buf, *t1 = h + widest, *t2 = t1 + widest, *t3 = t2 + widest, *scores = t3 + widest;
-    const int64_t row_off = row * ng * s_max * hs;
+    int16_t* xq = (int16_t*)aligned_alloc(32, ((size_t)(M * widest) * 2 + 31) & ~(size_t)31);
+    float* xs = (float*)malloc((size_t)M * sizeof(float));
+    int64_t* kv_off = (int64_t*)malloc((size_t)M * sizeof(int64_t));
+    if (!buf || !xq || !xs || !kv_off) { free(buf); free(xq); free(xs); free(kv_off); return -1; }
+    float *h = buf, *t1 = h + M * widest, *t2 = t1 + M * widest, *t3 = t2 + M * widest, *scores = t3 + M * widest;
+    for (int64_t r = 0; r < M; r++) kv_off[r] = rows[r] * ng * s_max * hs;
     for (int64_t l = 0; l < m->n_layer; l++) {
         const layer_t* L = m->layers + l;
-        float* kc = (float*)(intptr_t)k_ptrs[l] + row_off;
-        float* vc = (float*)(intptr_t)v_ptrs[l] + row_off;
-        /* attention */
-        norm_row(m, x, L->n1_w, L->n1_b, h, d);
-        float *q = t1, *k = t1 + nh * hs, *v = k + ng * hs;  /* t1 = [q | k | v] */
-        lin(&L->q, h, q, xq, nthreads);
-        lin(&L->k, h, k, xq, nthreads);
-        lin(&L->v, h, v, xq, nthreads);
-        if (L->qn_w) { rms_heads(q, nh, hs, L->qn_w, m->eps); rms_heads(k, ng, hs, L->kn_w, m->eps); }
-        if (m->n_rot) { rope_heads(q, nh, hs, m->n_rot, cos, sin_s); rope_heads(k, ng, hs, m->n_rot, cos, sin_s); }
-        for (int64_t g = 0; g < ng; g++)
-            for (int64_t j = 0; j < hs; j++) {
-                kc[(g * s_max + pos) * hs + j] = k[g * hs + j];
-                vc[(g * s_max + pos) * hs + j] = v[g * hs + j];
+        float* kc = (float*)(intptr_t)k_ptrs[l];
+        float* vc = (float*)(intptr_t)v_ptrs[l];
+        /* attention: t1 = [q | k | v] per token (row stride qkv_n) */
+        norm_rows(m, M, x, L->n1_w, L->n1_b, h, d);
+        lin(&L->q, M, h, t1, qkv_n, xq, xs, nthreads);
+        lin(&L->k, M, h, t1 + nh * hs, qkv_n, xq, xs, nthreads);
+        lin(&L->v, M, h, t1 + (nh + ng) * hs, qkv_n, xq, xs, nthreads);
+        for (int64_t r = 0; r < M; r++) {
+            float *q = t1 + r * qkv_n, *k = q + nh * hs, *v = k + ng * hs;
+            if (L->qn_w) { rms_heads(q, nh, hs, L->qn_w, m->eps); rms_heads(k, ng, hs, L->kn_w, m->eps); }
+            if (n_rot) {
+                rope_heads(q, nh, hs, n_rot, cos + r * n_rot, sin_s + r * n_rot);
+                rope_heads(k, ng, hs, n_rot, cos + r * n_rot, sin_s + r * n_rot);
             }
-        attn_args aa = {q, kc, vc, t2, scores, hs, s_max, pos + 1, nh / ng, m->attn_scale};
-        run_job(attn_head, &aa, nh, nthreads);                /* t2 = attention output (nh*hs) */
-        lin(&L->o, t2, t3, xq, nthreads);                  /* t3 = o_proj */
+            for (int64_t g = 0; g < ng; g++)
+                for (int64_t j = 0; j < hs; j++) {
+                    kc[kv_off[r] + (g * s_max + pos[r]) * hs + j] = k[g * hs + j];
+                    vc[kv_off[r] + (g * s_max + pos[r]) * hs + j] = v[g * hs + j];
+                }
+        }
+        attn_args aa = {t1, qkv_n, kv_off, kc, vc, pos, t2, scores, max_n, nh, hs, s_max, nh / ng, m->attn_scale};
+        run_job(attn_head, &aa, M * nh, nthreads);           /* t2 = attention output (M, nh*hs) */
+        lin(&L->o, M, t2, t3, d, xq, xs, nthreads);           /* t3 = o_proj (M, d) */
         /* MLP */
         const float* mlp_in;
         if (m->parallel) {
-            if (m->shared_norm) mlp_in = h; else { norm_row(m, x, L->n2_w, L->n2_b, t2, d); mlp_in = t2; }
+            if (m->shared_norm) mlp_in = h; else { norm_rows(m, M, x, L->n2_w, L->n2_b, t2, d); mlp_in = t2; }
         } else {
-            for (int64_t i = 0; i < d; i++) x[i] += t3[i];
-            norm_row(m, x, L->n2_w, L->n2_b, t2, d);
+            for (int64_t i = 0; i < M * d; i++) x[i] += t3[i];
+            norm_rows(m, M, x, L->n2_w, L->n2_b, t2, d);
             mlp_in = t2;
         }
-        if (m->gated) {
-            lin(&L->gate, mlp_in, t1, xq, nthreads);         /* t1 = [gate | up] */
-            lin(&L->up, mlp_in, t1 + m->inter, xq, nthreads);
+        if (m->gated) {                                       /* t1 = [gate | up] per token */
+            lin(&L->gate, M, mlp_in, t1, up_n, xq, xs, nthreads);
+            lin(&L->up, M, mlp_in, t1 + inter, up_n, xq, xs, nthreads);
+            for (int64_t r = 0; r < M; r++)  /* compacted in place to (M, inter): row r's inputs lie at or after r*inter */
+                for (int64_t i = 0; i < inter; i++)
+                    t1[r * inter + i] = act_fn(m->act, t1[r * up_n + i]) * t1[r * up_n + inter + i];
         } else {
-            lin(&L->up, mlp_in, t1, xq, nthreads);
+            lin(&L->up, M, mlp_in, t1, inter, xq, xs, nthreads);
+            for (int64_t i = 0; i < M * inter; i++) t1[i] = act_fn(m->act, t1[i]);
         }
-        if (m->gated) for (int64_t i = 0; i < m->inter; i++) t1[i] = act_fn(m->act, t1[i]) * t1[m->inter + i];
-        else for (int64_t i = 0; i < m->inter; i++) t1[i] = act_fn(m->act, t1[i]);
         float* out = m->parallel ? h : t2;   /* h (the shared norm) is no longer needed here */
-        lin(&L->down, t1, out, xq, nthreads);
-        if (m->parallel) for (int64_t i = 0; i < d; i++) x[i] = x[i] + t3[i] + out[i];
-        else for (int64_t i = 0; i < d; i++) x[i] += out[i];
+        lin(&L->down, M, t1, out, d, xq, xs, nthreads);
+        if (m->parallel) for (int64_t i = 0; i < M * d; i++) x[i] = x[i] + t3[i] + out[i];
+        else for (int64_t i = 0; i < M * d; i++) x[i] += out[i];
     }
     if (logits) {
-        norm_row(m, x, m->nf_w, m->nf_b, h, d);
-        lin(&m->head, h, out_, xq, nthreads);
+        norm_rows(m, M, x, m->nf_w, m->nf_b, h, d);
+        lin(&m->head, M, h, out_, m->head.N, xq, xs, nthreads);
     } else {
-        norm_row(m, x, m->nf_w, m->nf_b, out_, d);
+        norm_rows(m, M, x, m->nf_w, m->nf_b, out_, d);
     }
     free(buf);
     free(xq);
+    free(xs);
+    free(kv_off);
     return 0;
 }
 """
@@ -538,7 +559,7 @@ def load() -> ctypes.CDLL | None:
     lib.lmf_linear_f32.argtypes = [P, P, P, P, I64, I64, I64, INT]
     for f in (lib.lmf_linear_i8, lib.lmf_linear_bf16, lib.lmf_linear_f32):
         f.restype = None
-    lib.lmf_decode_step.argtypes = [P, P, P, INT, P, P, I64, I64, I64, P, P, INT]
+    lib.lmf_decode_step.argtypes = [P, P, P, INT, I64, P, P, I64, P, P, P, P, INT]
     lib.lmf_decode_step.restype = INT
     _lib = lib
     return lib

@@ -35,6 +35,9 @@ import torch.nn as nn
 from lmforge import cpu_kernels
 from lmforge.quantize import QuantizedLinear
 
+# Up to this many tokens per step the kernel's weight-streaming products win (each weight read
+# once for all rows); above, the work is compute-bound and MKL's GEMM in the layer loop is faster.
+MAX_ROWS = 16
 _ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
 _MODES = {"fp32": 0, "bf16": 1, "int8": 2}
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -199,17 +202,22 @@ class DecodePlan:
     def step(self, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
              cos: torch.Tensor | None, sin: torch.Tensor | None,
              logits: bool = True) -> tuple[torch.Tensor, bool] | None:
-        """Run one token (x: (1, 1, d) fp32 embedding) through every layer, or return None to fall back.
+        """Run B tokens, one per sequence (x: (B, 1, d) fp32 embeddings), through every layer.
 
-        Returns (the head's output (1, 1, V), True) when `logits` and the plan has the head, else
-        (the final-normed hidden state (1, 1, d), False). cos/sin are the token's rotary factors as
-        `GPT._rope` gives them (sin with its first half negated); `rows` picks the cache row.
+        Returns (the head's output (B, 1, V), True) when `logits` and the plan has the head, else
+        (the final-normed hidden states (B, 1, d), False); None to fall back to the layer loop.
+        pos: (B, 1) positions; rows: the cache rows of the B tokens (default 0..B-1); cos/sin:
+        their rotary factors as `GPT._rope` gives them (sin with its first half negated).
         """
-        if x.dtype != torch.float32 or x.device.type != "cpu":
+        B = x.size(0)
+        if x.dtype != torch.float32 or x.device.type != "cpu" or B > MAX_ROWS:
             return None
-        p = int(pos.reshape(-1)[0])
         k0 = cache.k[0]
-        if p >= k0.size(2) or (self._window is not None and p >= self._window):
+        pos = pos.reshape(B).to(torch.int64).contiguous()
+        row_ids = (torch.arange(B) if rows is None else rows.reshape(B).to(torch.int64)).contiguous()
+        last = int(pos.max())
+        if (last >= k0.size(2) or int(pos.min()) < 0 or (self._window is not None and last >= self._window)
+                or int(row_ids.min()) < 0 or int(row_ids.max()) >= k0.size(0)):
             return None
         ptrs = cache.__dict__.get("_decode_ptrs")  # built once per cache object
         if ptrs is None or ptrs[2] != tuple(t.data_ptr() for t in (*cache.k, *cache.v)):
@@ -219,17 +227,15 @@ class DecodePlan:
             kp = torch.tensor([t.data_ptr() for t in cache.k], dtype=torch.int64)
             vp = torch.tensor([t.data_ptr() for t in cache.v], dtype=torch.int64)
             ptrs = cache.__dict__["_decode_ptrs"] = (kp, vp, tuple(t.data_ptr() for t in (*cache.k, *cache.v)))
-        row = 0 if rows is None else int(rows.reshape(-1)[0])
-        if not 0 <= row < k0.size(0):
-            return None
-        h = x.reshape(self._d).clone()  # the kernel's residual stream
+        h = x.reshape(B, self._d).clone()  # the kernel's residual stream
         head = logits and self.has_head
-        out = torch.empty(1, 1, self._vocab if head else self._d)
+        out = torch.empty(B, 1, self._vocab if head else self._d)
         if cos is not None:
-            cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
-        rc = self._lib.lmf_decode_step(self._model_ptr, h.data_ptr(), out.data_ptr(), int(head), ptrs[0].data_ptr(),
-                                       ptrs[1].data_ptr(), k0.size(2), row, p, None if cos is None else cos.data_ptr(),
-                                       None if sin is None else sin.data_ptr(), torch.get_num_threads())
+            cos, sin = cos.reshape(B, -1).contiguous(), sin.reshape(B, -1).contiguous()
+        rc = self._lib.lmf_decode_step(
+            self._model_ptr, h.data_ptr(), out.data_ptr(), int(head), B, ptrs[0].data_ptr(), ptrs[1].data_ptr(),
+            k0.size(2), row_ids.data_ptr(), pos.data_ptr(), None if cos is None else cos.data_ptr(),
+            None if sin is None else sin.data_ptr(), torch.get_num_threads())
         return (out, head) if rc == 0 else None
 
 

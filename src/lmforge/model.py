@@ -435,7 +435,7 @@ class GPT(nn.Module):
 
         fast = self.__dict__.get("fast_decode")  # one kernel call for all layers (lmforge.fast_decode)
         done = None
-        if fast is not None and B == 1 and T == 1 and cache is not None and not torch.is_grad_enabled():
+        if fast is not None and T == 1 and cache is not None and not torch.is_grad_enabled():
             # (logits, True), (normed hidden, False), or None: not applicable, take the layer loop
             done = fast(self, x, pos, cache, rows, cos, sin, not return_hidden)
         if done is not None:

@@ -104,3 +104,21 @@ def test_bad_arguments():
         fused_linear_cross_entropy(h, w, y, reduction="none")
     with pytest.raises(ValueError, match="6 hidden rows but 5 targets"):
         fused_linear_cross_entropy(h, w, y[:5])
+
+
+def test_huge_losses_stay_exact():
+    """A target whose softmax underflows in fp32 (loss ~ 1000) still gets the exact loss."""
+    h, w, _, y = _inputs(n=16, d=8, v=50, ignore=())
+    h32, w32 = (h.detach() * 40).float(), w.detach().float()
+    ref = F.cross_entropy(F.linear(h32, w32), y, reduction="none")
+    assert ref.max() > 200  # some rows are far beyond fp32 softmax underflow
+    got = fused_linear_cross_entropy(h32, w32, y, reduction="sum", chunk_size=4)
+    torch.testing.assert_close(got, ref.sum(), rtol=1e-5, atol=0)
+
+
+def test_second_backward_is_refused():
+    h, w, _, y = _inputs(n=6, ignore=())
+    loss = fused_linear_cross_entropy(h, w, y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward can run only once"):
+        loss.backward()

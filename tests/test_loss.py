@@ -122,3 +122,57 @@ def test_second_backward_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward can run only once"):
         loss.backward()
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrain's loss: the fused path on a real GPT, the plain one where the head is not a vocab Linear
+# ---------------------------------------------------------------------------------------------
+def _gpt(**overrides):
+    from lmforge.config import Config
+    from lmforge.model import GPT
+
+    config = Config(**{"name": "tiny", "n_layer": 2, "n_embd": 32, "n_head": 2, "intermediate_size": 64,
+                       "block_size": 64, "vocab_size": 96, **overrides})
+    torch.manual_seed(0)
+    model = GPT(config).double()
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True}, {"lm_head_bias": True},
+                                       {"final_logit_softcap": 3.0}])
+def test_lm_loss_equals_cross_entropy_of_the_logits(overrides, monkeypatch):
+    from lmforge.training import loss as loss_module
+    from lmforge.training.pretrain import lm_loss
+
+    calls = []
+    real = loss_module.fused_linear_cross_entropy
+    monkeypatch.setattr(loss_module, "fused_linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, y = torch.randint(0, 96, (3, 10)), torch.randint(0, 96, (3, 10))
+    y[0, :4] = -100
+    grads = []
+    for fused in (False, True):
+        model = _gpt(**overrides)
+        if fused:
+            loss = lm_loss(model, x, y)
+        else:
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+        if fused:
+            assert len(calls) == (0 if "final_logit_softcap" in overrides else 1)  # softcap: the plain path
+            torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+        ref = loss
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_lm_loss_with_a_replaced_head_uses_its_output():
+    from lmforge.training.pretrain import lm_loss
+
+    model = _gpt()
+    model.lm_head = nn.Linear(32, 2).double()  # a classifier head: not over the vocabulary
+    x, y = torch.randint(0, 96, (2, 5)), torch.randint(0, 2, (2, 5))
+    torch.testing.assert_close(lm_loss(model, x, y, reduction="sum"),
+                               F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum"))

@@ -123,7 +123,8 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if grads and need[0]:
         g_hidden = torch.empty((N, hidden.shape[1]), dtype=acc, device=hidden.device)
     if grads and need[1]:
-        g_weight = torch.zeros((V, weight.shape[1]), dtype=acc, device=weight.device)
+        # no zero fill: the first chunk writes it (beta=0), the others accumulate
+        g_weight = torch.empty((V, weight.shape[1]), dtype=acc, device=weight.device)
     if grads and bias is not None and need[2]:
         g_bias = torch.zeros((V,), dtype=acc, device=weight.device)
     # one logits buffer for all chunks: a fresh multi-MB tensor per chunk costs as much in page faults
@@ -167,7 +168,9 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             if g_weight is not None:
                 hw = h * w.to(h.dtype)
                 if dtype is None:
-                    g_weight.addmm_(dlogits.t(), hw)
+                    g_weight.addmm_(dlogits.t(), hw, beta=0.0 if s == 0 else 1.0)
+                elif s == 0:
+                    g_weight.copy_(dlogits.t() @ hw)
                 else:
                     g_weight.add_(dlogits.t() @ hw)
             if g_bias is not None:

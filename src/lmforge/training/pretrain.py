@@ -377,7 +377,9 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: 
             return fused_linear_cross_entropy(hidden, head.weight, y, bias=head.bias, reduction=reduction)
     with autocast:
         logits = model(x)  # (b, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction)
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()  # the softmax of low-precision logits in fp32
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction=reduction)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,

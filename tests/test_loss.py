@@ -176,3 +176,37 @@ def test_lm_loss_with_a_replaced_head_uses_its_output():
     x, y = torch.randint(0, 96, (2, 5)), torch.randint(0, 2, (2, 5))
     torch.testing.assert_close(lm_loss(model, x, y, reduction="sum"),
                                F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum"))
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1e-3, 1e3])  # clipping every step, never, not at all
+def test_train_step_matches_a_plain_loop(grad_clip):
+    """pretrain's step (fused loss, fused AdamW, clipping) == forward/CE/backward/clip_grad_norm_/AdamW."""
+    from lmforge.training.optim import make_adamw
+    from lmforge.training.pretrain import train_step
+
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randint(0, 96, (2, 8), generator=g), torch.randint(0, 96, (2, 8), generator=g))
+               for _ in range(4)]
+    ours, ref = _gpt(tie_embeddings=True), _gpt(tie_embeddings=True)
+    opt = make_adamw(ours, 1e-2, 0.1, (0.9, 0.95))
+    assert opt.defaults["fused"]
+    ref_opt = make_adamw(ref, 1e-2, 0.1, (0.9, 0.95), fused=False)
+    it = iter(batches)
+    for step in range(2):  # 2 steps of 2 accumulated micro-batches
+        loss_sum, norm = train_step(ours, opt, lambda: next(it), 2, grad_clip)
+        ref_sum = 0.0
+        for x, y in batches[2 * step: 2 * step + 2]:
+            loss = F.cross_entropy(ref(x).flatten(0, 1), y.flatten())
+            (loss / 2).backward()
+            ref_sum += loss.detach()
+        if grad_clip is not None:
+            ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), grad_clip)
+            torch.testing.assert_close(norm, ref_norm, rtol=1e-10, atol=0)
+        else:
+            assert norm is None
+        ref_opt.step()
+        ref_opt.zero_grad(set_to_none=True)
+        torch.testing.assert_close(loss_sum, ref_sum, rtol=1e-10, atol=0)
+        assert all(p.grad is None for p in ours.parameters())
+    for (k, a), b in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=k)

@@ -416,10 +416,28 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     grad_norm = None
     if grad_clip is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = _clip_grad_norm(model, grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
+
+
+def _clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_`, minus its multiply-every-gradient-by-1.0 pass when the norm is already small.
+
+    When the norm is below `max_norm` the clipping factor is clamped to exactly 1.0, so skipping the
+    multiply changes nothing; deciding needs the norm on the host, which is free on a CPU (elsewhere,
+    and for sharded gradients, every step clips as torch does).
+    """
+    import torch
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params or params[0].device.type != "cpu" or hasattr(params[0].grad, "full_tensor"):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if not float(norm) + 1e-6 <= max_norm:  # (a nan norm clips too, as in torch)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
 
 
 # ---------------------------------------------------------------------------------------------

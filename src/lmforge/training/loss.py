@@ -105,8 +105,16 @@ _TINY = 1e-30
 
 def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
              ignore_index: int, chunk: int, reduction: str, dtype: torch.dtype | None, grads: bool,
-             need: tuple[bool, ...] = (True, True, True)) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """The chunked loop; with `grads`, also the gradients of hidden/weight/bias for d(loss) = 1."""
+             need: tuple[bool, ...] = (True, True, True), host_sync: bool | None = None,
+             ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The chunked loop; with `grads`, also the gradients of hidden/weight/bias for d(loss) = 1.
+
+    `host_sync` (default: on CPU only): read the loss off the target's softmax, checking on the host for
+    the rare underflowing rows; else two cheap max passes per chunk give an exact logsumexp without
+    stalling an accelerator's queue.
+    """
+    if host_sync is None:
+        host_sync = hidden.device.type == "cpu"
     N, V = hidden.shape[0], weight.shape[0]
     acc = torch.promote_types(hidden.dtype if dtype is None else dtype, torch.float32)  # softmax and sums
     w_mm = weight if dtype is None else weight.to(dtype)  # autocast: one cast of the head, not one per chunk
@@ -127,8 +135,8 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         g_weight = torch.empty((V, weight.shape[1]), dtype=acc, device=weight.device)
     if grads and bias is not None and need[2]:
         g_bias = torch.zeros((V,), dtype=acc, device=weight.device)
-    # one logits buffer for all chunks: a fresh multi-MB tensor per chunk costs as much in page faults
-    # as the softmax itself on CPU
+    # one logits buffer for all chunks: on CPU a fresh multi-MB tensor per chunk costs as much in page
+    # faults as the softmax itself
     buf = torch.empty((min(chunk, N), V), dtype=acc, device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         for s in range(0, N, chunk):
@@ -141,16 +149,22 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                 torch.mm(h, w_mm.t(), out=p)
             else:
                 torch.addmm(b_mm, h, w_mm.t(), out=p)
+            tgt = safe[s:e]
+            if not host_sync:
+                # no host round trip: logsumexp = top - log(softmax at the top), a softmax >= 1/V
+                top, target_logit = p.amax(dim=1), p.gather(1, tgt).squeeze(1)
             # softmax in place: one fused row kernel, one exp per logit (log_softmax + exp would take two)
             torch.softmax(p, dim=1, out=p)
-            tgt = safe[s:e]
             p_t = p.gather(1, tgt).squeeze(1)  # (C,) softmax of the target
-            row_loss[s:e] = -torch.log(p_t)
-            tiny = p_t < _TINY
-            if tiny.any():  # recompute those few rows' logits for an exact logsumexp
-                rows = tiny.nonzero().squeeze(1)
-                lg = F.linear(h[rows], w_mm, b_mm).to(acc)
-                row_loss[s + rows] = torch.logsumexp(lg, dim=1) - lg.gather(1, tgt[rows]).squeeze(1)
+            if not host_sync:
+                row_loss[s:e] = top - torch.log(p.amax(dim=1)) - target_logit
+            else:
+                row_loss[s:e] = -torch.log(p_t)
+                tiny = p_t < _TINY
+                if tiny.any():  # recompute those few rows' logits for an exact logsumexp
+                    rows = tiny.nonzero().squeeze(1)
+                    lg = F.linear(h[rows], w_mm, b_mm).to(acc)
+                    row_loss[s + rows] = torch.logsumexp(lg, dim=1) - lg.gather(1, tgt[rows]).squeeze(1)
             if not grads:
                 continue
             # d(loss)/d(logits) = w_row * (softmax - onehot); the row weights w (1/n_valid or 1, 0 for

@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Callable
+
     import torch
 
     from lmforge.config import Config
@@ -341,7 +344,8 @@ def _launch(cfg: PretrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # one optimizer step: what the loop runs (benchmarks/train_speed.py times exactly this)
 # ---------------------------------------------------------------------------------------------
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None,
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+            autocast: contextlib.AbstractContextManager | None = None,
             reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
     """Next-token cross-entropy of `model` (plain, DDP/FSDP-wrapped or compiled) on inputs x, targets y.
 
@@ -383,8 +387,10 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: 
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               next_batch: Any, accum: int, grad_clip: float | None, autocast: Any = None,
-               grad_sync: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], accum: int, grad_clip: float | None,
+               autocast: contextlib.AbstractContextManager | None = None,
+               grad_sync: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over `accum` micro-batches: forward, loss, backward, clip, AdamW, zero grads.
 
     Args:

@@ -227,3 +227,18 @@ def test_both_logsumexp_strategies_are_exact(host_sync):
     refs = torch.autograd.grad(F.cross_entropy(F.linear(hd, wd, bd), y, reduction="sum"), (hd, wd, bd))
     for got, r in zip((gh, gw, gb), refs):
         assert ((got.double() - r).norm() / r.norm()) < 1e-5
+
+
+def test_lm_loss_with_activation_checkpointing():
+    from lmforge.training.pretrain import _checkpoint_blocks, lm_loss
+
+    x, y = torch.randint(0, 96, (2, 12)), torch.randint(0, 96, (2, 12))
+    grads = []
+    for recompute in (False, True):
+        model = _gpt()
+        if recompute:
+            _checkpoint_blocks(model)
+        lm_loss(model, x, y).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

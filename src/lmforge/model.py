@@ -431,7 +431,9 @@ class GPT(nn.Module):
             x = x + self.embed_positions(pos)
             cos = sin = None
         else:
-            cos, sin = self._rope(pos, x.dtype)  # (B, 1, T, n_rot) each; sin has its first half negated
+            # (B, 1, T, n_rot) each; sin has its first half negated. Default positions need no
+            # pos.max() (a host sync, and a graph break under torch.compile)
+            cos, sin = self._rope(pos, x.dtype, need=T if default_pos else None)
 
         fast = self.__dict__.get("fast_decode")  # one kernel call for all layers (lmforge.fast_decode)
         done = None
@@ -456,13 +458,14 @@ class GPT(nn.Module):
             logits = torch.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
         return logits
 
-    def _rope(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, pos: torch.Tensor, dtype: torch.dtype, need: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for `pos` (B, T), looked up in a table grown on demand.
 
         The table holds exactly what computing `pos * inv_freq` per call gives, so results do not
         depend on it; it saves five ops per forward. It is rebuilt when `inv_freq` changes.
         """
-        need = int(pos.max()) + 1 if pos.numel() else 1
+        if need is None:
+            need = int(pos.max()) + 1 if pos.numel() else 1
         table = self.__dict__.get("_rope_table")
         if (table is None or table[0].size(0) < need or table[2] is not self.inv_freq
                 or table[0].device != pos.device or table[0].dtype != dtype):

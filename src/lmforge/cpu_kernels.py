@@ -135,6 +135,9 @@ static void run_job(chunk_fn fn, const void* args, long n, int nthreads) {
 #ifndef PF_DIST_I8
 #define PF_DIST_I8 4096
 #endif
+#ifndef CHUNK_BYTES
+#define CHUNK_BYTES 32768
+#endif
 #ifndef PF_DIST
 #define PF_DIST 4096
 #endif
@@ -237,7 +240,7 @@ FLOAT_CHUNK(f32_chunk, float, ld_f32)
 
 /* rows per chunk: ~32 KB of weights, a multiple of 4 */
 static int64_t chunk_rows(int64_t K, int64_t elt) {
-    int64_t r = (32768 / (K * elt) + 3) & ~3L;
+    int64_t r = (CHUNK_BYTES / (K * elt) + 3) & ~3L;
     return r < 4 ? 4 : r;
 }
 

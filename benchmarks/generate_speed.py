@@ -244,7 +244,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="smollm2-random,pythia-random", help=f"comma list of {list(MODELS)}")
-    p.add_argument("--variants", default="hf,raw,engine,fp32k,int8,bf16", help=f"comma list of {VARIANTS}")
+    p.add_argument("--variants", default="hf,loop,raw,engine,fp32k,int8,bf16", help=f"comma list of {VARIANTS}")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt-tokens", type=int, default=32)

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 FinishReason = Literal["stop", "length"]
 
+# padded tokens per batched prefill forward (requests admitted in the same step)
+PREFILL_TOKENS = 4096
 # prompt tokens decoded together with the first new tokens, so that tokenizers whose decode
 # depends on the left context (SentencePiece's leading space) produce the right first piece
 _DETOK_CONTEXT = 4
@@ -338,9 +340,7 @@ class Engine:
 
     def _admit(self, events: list[Event]) -> set[str]:
         """Prefill waiting requests into free slots (lowest first); each yields its first token."""
-        import torch
-
-        fresh: set[str] = set()
+        admitted: list[_Request] = []
         while True:
             try:
                 slot = self.slots.index(None)
@@ -352,14 +352,45 @@ class Engine:
                 req = self._pending.waiting.popleft()
             req.slot = slot
             self.slots[slot] = req
-            fresh.add(req.id)
+            admitted.append(req)
+        # requests admitted together are prefilled together, up to ~PREFILL_TOKENS padded tokens a
+        # forward: one large matrix product per weight instead of one small one per request
+        group: list[_Request] = []
+        for req in admitted:
+            width = max([len(r.prompt) for r in group] + [len(req.prompt)])
+            if group and width * (len(group) + 1) > PREFILL_TOKENS:
+                self._prefill(group, events)
+                group = []
+            group.append(req)
+        if group:
+            self._prefill(group, events)
+        return {r.id for r in admitted}
+
+    def _prefill(self, reqs: list[_Request], events: list[Event]) -> None:
+        import torch
+
+        if len(reqs) == 1:  # a one-row view of the cache: SDPA's unmasked causal kernel
+            req = reqs[0]
             n = len(req.prompt)
             idx = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-            logits = self.model(idx, input_pos=self._positions[:n], cache=self._row_caches[slot], logits_to_keep=1)
-            req.pos = n
-            token = self._sample(logits[:, -1], [req])[0]
+            logits = self.model(idx, input_pos=self._positions[:n], cache=self._row_caches[req.slot],
+                                logits_to_keep=1)[:, -1]
+        else:
+            # right-padded rows at positions 0..T-1 of their own cache rows; a padded position's
+            # keys/values are never attended (decoding overwrites slot p before it attends to it)
+            lengths = [len(r.prompt) for r in reqs]
+            T = max(lengths)
+            idx = torch.zeros(len(reqs), T, dtype=torch.long, device=self.device)
+            for i, r in enumerate(reqs):
+                idx[i, :lengths[i]] = torch.tensor(r.prompt, dtype=torch.long)
+            rows = torch.tensor([r.slot for r in reqs], device=self.device)
+            hidden = self.model(idx, input_pos=self._positions[:T].expand(len(reqs), T), cache=self.cache,
+                                rows=rows, return_hidden=True)
+            last = hidden[torch.arange(len(reqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+            logits = self.model.head(last)
+        for req, token in zip(reqs, self._sample(logits, reqs)):
+            req.pos = len(req.prompt)
             events.append(self._accept(req, token))
-        return fresh
 
     def _decode(self, rows: list[_Request], events: list[Event]) -> None:
         import torch

@@ -453,9 +453,14 @@ class GPT(nn.Module):
             x = self.norm(x)
         if return_hidden:
             return x
-        logits = self.lm_head(x)
-        if cfg.final_logit_softcap is not None:
-            logits = torch.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        return self.head(x)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of final-normed hidden states (what `forward(..., return_hidden=True)` returns)."""
+        logits = self.lm_head(hidden)
+        cap = self.config.final_logit_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
         return logits
 
     def _rope(self, pos: torch.Tensor, dtype: torch.dtype, need: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

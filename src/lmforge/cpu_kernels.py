@@ -206,7 +206,9 @@ static inline __m256 ld_bf16(const uint16_t* p) {
 }
 static inline __m256 ld_f32(const float* p) { return _mm256_loadu_ps(p); }
 
-/* fp32 accumulation over bf16 or fp32 weights, 4 rows at a time */
+/* fp32 accumulation over bf16 or fp32 weights: 4 weight rows at a time, applied to 2 input rows
+ * at once (each weight load serves two FMAs; 8 independent sums keep both FMA pipes busy), then
+ * the odd input row alone */
 #define FLOAT_CHUNK(NAME, T, LD)                                                                      \
 static void NAME(const void* args, int64_t chunk) {                                                  \
     const linear_args* a = (const linear_args*)args;                                                 \
@@ -217,13 +219,39 @@ static void NAME(const void* args, int64_t chunk) {                             
         const T* w1 = nr > 1 ? w0 + K : w0;                                                          \
         const T* w2 = nr > 2 ? w0 + 2 * K : w0;                                                      \
         const T* w3 = nr > 3 ? w0 + 3 * K : w0;                                                      \
-        for (int64_t m = 0; m < a->M; m++) {                                                         \
+        int64_t m = 0;                                                                               \
+        for (; m + 2 <= a->M; m += 2) {                                                              \
+            const float* xm = a->x + m * K;                                                          \
+            const float* xn = xm + K;                                                                \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                               \
+            for (int64_t k = 0; k < K; k += 8) {                                                     \
+                if (m == 0) {                                                                        \
+                    const char* pf = (const char*)w0 + PF_DIST + 4 * (int64_t)sizeof(T) * k;         \
+                    _mm_prefetch(pf, _MM_HINT_T0);                                                   \
+                    if (sizeof(T) == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);                          \
+                }                                                                                    \
+                __m256 xv = _mm256_loadu_ps(xm + k), yv = _mm256_loadu_ps(xn + k);                   \
+                __m256 v0 = LD(w0 + k), v1 = LD(w1 + k), v2 = LD(w2 + k), v3 = LD(w3 + k);           \
+                a0 = _mm256_fmadd_ps(v0, xv, a0); b0 = _mm256_fmadd_ps(v0, yv, b0);                  \
+                a1 = _mm256_fmadd_ps(v1, xv, a1); b1 = _mm256_fmadd_ps(v1, yv, b1);                  \
+                a2 = _mm256_fmadd_ps(v2, xv, a2); b2 = _mm256_fmadd_ps(v2, yv, b2);                  \
+                a3 = _mm256_fmadd_ps(v3, xv, a3); b3 = _mm256_fmadd_ps(v3, yv, b3);                  \
+            }                                                                                        \
+            float r[4] = {hsum_ps(a0), hsum_ps(a1), hsum_ps(a2), hsum_ps(a3)};                       \
+            float q[4] = {hsum_ps(b0), hsum_ps(b1), hsum_ps(b2), hsum_ps(b3)};                       \
+            store_rows(a, m, n0, nr, r, 1.f);                                                        \
+            store_rows(a, m + 1, n0, nr, q, 1.f);                                                    \
+        }                                                                                            \
+        for (; m < a->M; m++) {                                                                      \
             const float* xm = a->x + m * K;                                                          \
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
             for (int64_t k = 0; k < K; k += 8) {                                                     \
-                const char* pf = (const char*)w0 + PF_DIST + 4 * (int64_t)sizeof(T) * k;             \
-                _mm_prefetch(pf, _MM_HINT_T0);                                                       \
-                if (sizeof(T) == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);                              \
+                if (m == 0) {                                                                        \
+                    const char* pf = (const char*)w0 + PF_DIST + 4 * (int64_t)sizeof(T) * k;         \
+                    _mm_prefetch(pf, _MM_HINT_T0);                                                   \
+                    if (sizeof(T) == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);                          \
+                }                                                                                    \
                 __m256 xv = _mm256_loadu_ps(xm + k);                                                 \
                 a0 = _mm256_fmadd_ps(LD(w0 + k), xv, a0);                                            \
                 a1 = _mm256_fmadd_ps(LD(w1 + k), xv, a1);                                            \

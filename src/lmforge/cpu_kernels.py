@@ -206,6 +206,13 @@ static inline __m256 ld_bf16(const uint16_t* p) {
 }
 static inline __m256 ld_f32(const float* p) { return _mm256_loadu_ps(p); }
 
+/* the 4-row group starting at w0 is read at 4*elt bytes per column k: fetch PF_DIST bytes ahead */
+static inline void prefetch_rows(const void* w0, int64_t k, int64_t elt) {
+    const char* pf = (const char*)w0 + PF_DIST + 4 * elt * k;
+    _mm_prefetch(pf, _MM_HINT_T0);
+    if (elt == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);
+}
+
 /* fp32 accumulation over bf16 or fp32 weights: 4 weight rows at a time, applied to 2 input rows
  * at once (each weight load serves two FMAs; 8 independent sums keep both FMA pipes busy), then
  * the odd input row alone */
@@ -226,11 +233,7 @@ static void NAME(const void* args, int64_t chunk) {                             
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
             __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                               \
             for (int64_t k = 0; k < K; k += 8) {                                                     \
-                if (m == 0) {                                                                        \
-                    const char* pf = (const char*)w0 + PF_DIST + 4 * (int64_t)sizeof(T) * k;         \
-                    _mm_prefetch(pf, _MM_HINT_T0);                                                   \
-                    if (sizeof(T) == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);                          \
-                }                                                                                    \
+                if (m == 0) prefetch_rows(w0, k, sizeof(T));                                       \
                 __m256 xv = _mm256_loadu_ps(xm + k), yv = _mm256_loadu_ps(xn + k);                   \
                 __m256 v0 = LD(w0 + k), v1 = LD(w1 + k), v2 = LD(w2 + k), v3 = LD(w3 + k);           \
                 a0 = _mm256_fmadd_ps(v0, xv, a0); b0 = _mm256_fmadd_ps(v0, yv, b0);                  \
@@ -247,11 +250,7 @@ static void NAME(const void* args, int64_t chunk) {                             
             const float* xm = a->x + m * K;                                                          \
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
             for (int64_t k = 0; k < K; k += 8) {                                                     \
-                if (m == 0) {                                                                        \
-                    const char* pf = (const char*)w0 + PF_DIST + 4 * (int64_t)sizeof(T) * k;         \
-                    _mm_prefetch(pf, _MM_HINT_T0);                                                   \
-                    if (sizeof(T) == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);                          \
-                }                                                                                    \
+                if (m == 0) prefetch_rows(w0, k, sizeof(T));                                       \
                 __m256 xv = _mm256_loadu_ps(xm + k);                                                 \
                 a0 = _mm256_fmadd_ps(LD(w0 + k), xv, a0);                                            \
                 a1 = _mm256_fmadd_ps(LD(w1 + k), xv, a1);                                            \

@@ -226,5 +226,5 @@ def load_source(
     elif device.type == "cpu":
         from lmforge.fast_decode import install_fast_decode
 
-        install_fast_decode(model)  # batch-1 CPU decoding in one kernel call per token
+        install_fast_decode(model)  # CPU decoding steps in one kernel call each
     return model, tokenizer, config

@@ -190,4 +190,3 @@ def quantize_model(model: nn.Module, mode: Mode | str | None = "int8", skip: tup
     install_fast_decode(model)  # fused projections change what the one-call decoder points at
     model.eval()
     return model
-

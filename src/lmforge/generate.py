@@ -356,12 +356,13 @@ class Engine:
         # requests admitted together are prefilled together, up to ~PREFILL_TOKENS padded tokens a
         # forward: one large matrix product per weight instead of one small one per request
         group: list[_Request] = []
+        width = 0  # longest prompt in the group
         for req in admitted:
-            width = max([len(r.prompt) for r in group] + [len(req.prompt)])
-            if group and width * (len(group) + 1) > PREFILL_TOKENS:
+            if group and max(width, len(req.prompt)) * (len(group) + 1) > PREFILL_TOKENS:
                 self._prefill(group, events)
-                group = []
+                group, width = [], 0
             group.append(req)
+            width = max(width, len(req.prompt))
         if group:
             self._prefill(group, events)
         return {r.id for r in admitted}

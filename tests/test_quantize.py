@@ -63,6 +63,20 @@ def test_kernel_matches_dequantized_weight(mode, tol, rows):
     assert rel_err(q(x), ref) < tol
 
 
+@needs_kernels
+@pytest.mark.parametrize("mode,tol", [("int8", 1e-4), ("bf16", 1e-5), ("fp32", 1e-5)])
+@pytest.mark.parametrize("k,n", [(16, 7), (48, 203), (1168, 3001)])
+def test_single_input_row_path_matches(mode, tol, k, n):
+    # one input row (batch-1 decoding) takes its own loop: one weight row at a time, 32 columns per
+    # step plus an 8-column tail, ~128 KB chunks (n=3001 at k=1168: many chunks and a ragged last one)
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(k, n)
+    q = QuantizedLinear(lin, mode)
+    x = torch.randn(1, 1, k) * 3
+    ref = F.linear(x, q.dequantized(), q.bias)
+    assert rel_err(q(x), ref) < tol
+
+
 def test_quantization_error_is_what_int8_and_bf16_allow():
     torch.manual_seed(2)
     lin = torch.nn.Linear(256, 512, bias=False)

@@ -141,6 +141,9 @@ static void run_job(chunk_fn fn, const void* args, long n, int nthreads) {
 #ifndef PF_DIST
 #define PF_DIST 4096
 #endif
+#ifndef CHUNK_BYTES_1
+#define CHUNK_BYTES_1 131072
+#endif
 /* ---- kernels ---------------------------------------------------------------------------------- */
 static inline float hsum_ps(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -213,13 +216,34 @@ static inline void prefetch_rows(const void* w0, int64_t k, int64_t elt) {
     if (elt == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);
 }
 
-/* fp32 accumulation over bf16 or fp32 weights: 4 weight rows at a time, applied to 2 input rows
- * at once (each weight load serves two FMAs; 8 independent sums keep both FMA pipes busy), then
- * the odd input row alone */
+/* fp32 accumulation over bf16 or fp32 weights. One input row (batch-1 decoding, bound by how fast
+ * the weights stream in): one weight row at a time, so a chunk is a single sequential read that the
+ * hardware prefetcher follows on its own (measured ~20% faster than 4 interleaved rows with
+ * software prefetch). Several input rows: 4 weight rows at a time, applied to 2 input rows at once
+ * (each weight load serves two FMAs; 8 independent sums keep both FMA pipes busy), then the odd
+ * input row alone. */
 #define FLOAT_CHUNK(NAME, T, LD)                                                                      \
 static void NAME(const void* args, int64_t chunk) {                                                  \
     const linear_args* a = (const linear_args*)args;                                                 \
     const int64_t K = a->K, lo = chunk * a->rows, hi = lo + a->rows < a->N ? lo + a->rows : a->N;     \
+    if (a->M == 1) {                                                                                 \
+        const float* x = a->x;                                                                       \
+        for (int64_t n = lo; n < hi; n++) {                                                          \
+            const T* w = (const T*)a->w + n * K;                                                     \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                              \
+            int64_t k = 0;                                                                           \
+            for (; k + 32 <= K; k += 32) {                                                           \
+                a0 = _mm256_fmadd_ps(LD(w + k), _mm256_loadu_ps(x + k), a0);                         \
+                a1 = _mm256_fmadd_ps(LD(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);                 \
+                a2 = _mm256_fmadd_ps(LD(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);               \
+                a3 = _mm256_fmadd_ps(LD(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);               \
+            }                                                                                        \
+            for (; k < K; k += 8) a0 = _mm256_fmadd_ps(LD(w + k), _mm256_loadu_ps(x + k), a0);        \
+            float r = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));          \
+            store_rows(a, 0, n, 1, &r, 1.f);                                                         \
+        }                                                                                            \
+        return;                                                                                      \
+    }                                                                                                \
     for (int64_t n0 = lo; n0 < hi; n0 += 4) {                                                        \
         int64_t nr = hi - n0 < 4 ? hi - n0 : 4;                                                      \
         const T* w0 = (const T*)a->w + n0 * K;                                                       \
@@ -265,14 +289,16 @@ static void NAME(const void* args, int64_t chunk) {                             
 FLOAT_CHUNK(bf16_chunk, uint16_t, ld_bf16)
 FLOAT_CHUNK(f32_chunk, float, ld_f32)
 
-/* rows per chunk: ~32 KB of weights, a multiple of 4 */
-static int64_t chunk_rows(int64_t K, int64_t elt) {
-    int64_t r = (CHUNK_BYTES / (K * elt) + 3) & ~3L;
+/* rows per chunk: ~`bytes` of weights, a multiple of 4 */
+static int64_t chunk_rows(int64_t K, int64_t elt, int64_t bytes) {
+    int64_t r = (bytes / (K * elt) + 3) & ~3L;
     return r < 4 ? 4 : r;
 }
 
 static void run_linear(chunk_fn fn, linear_args* a, int64_t elt, int nthreads) {
-    a->rows = chunk_rows(a->K, elt);
+    /* one input row of fp32/bf16: longer sequential runs per chunk read faster (a chunk boundary
+     * restarts the prefetcher); measured best at ~128 KB, against ~32 KB for the other cases */
+    a->rows = chunk_rows(a->K, elt, a->M == 1 && elt > 1 ? CHUNK_BYTES_1 : CHUNK_BYTES);
     run_job(fn, a, (a->N + a->rows - 1) / a->rows, nthreads);
 }
 

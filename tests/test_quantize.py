@@ -68,7 +68,8 @@ def test_kernel_matches_dequantized_weight(mode, tol, rows):
 @pytest.mark.parametrize("k,n", [(16, 7), (48, 203), (1168, 3001)])
 def test_single_input_row_path_matches(mode, tol, k, n):
     # one input row (batch-1 decoding) takes its own loop: one weight row at a time, 32 columns per
-    # step plus an 8-column tail, ~128 KB chunks (n=3001 at k=1168: many chunks and a ragged last one)
+    # step plus an 8-column tail, in ~128 KB chunks for fp32/bf16 (n=3001 at k=1168: many chunks and a
+    # ragged last one)
     torch.manual_seed(2)
     lin = torch.nn.Linear(k, n)
     q = QuantizedLinear(lin, mode)

@@ -209,7 +209,8 @@ static inline __m256 ld_f32(const float* p) { return _mm256_loadu_ps(p); }
 /* Several input rows run over each 4-row group of weights (group_bytes long) once per pair of
  * rows: the first pass waits for memory, the later ones only compute. So that the two overlap,
  * the j-th inner step of all passes together fetches line j of the *next* group, one line a step
- * (measured +20-40% at 4-16 rows against fetching ahead within the first pass only). */
+ * (batched decoding of SmolLM2, in-process A/B: 1.11x at 4 rows, 1.02x at 16, against fetching
+ * ahead within the first pass only). */
 static inline void prefetch_group(const void* w0, int64_t j, int64_t group_bytes) {
     if (j * 64 < group_bytes) _mm_prefetch((const char*)w0 + group_bytes + j * 64, _MM_HINT_T0);
 }

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from lmforge import cpu_kernels
 from lmforge.config import Config
-from lmforge.fast_decode import install_fast_decode, unsupported
+from lmforge.fast_decode import Workspace, _attention, install_fast_decode, unsupported
 from lmforge.generate import Engine
 from lmforge.model import GPT
 from lmforge.quantize import quantize_model
@@ -63,11 +63,16 @@ class Counting:
     """Wraps a model's decoder to count the calls that took the fast path."""
 
     def __init__(self, decoder) -> None:
-        self.decoder, self.hits = decoder, 0
+        self.decoder, self.hits, self.prefills = decoder, 0, 0
 
     def __call__(self, *args):
         out = self.decoder(*args)
         self.hits += out is not None
+        return out
+
+    def prefill(self, *args):
+        out = self.decoder.prefill(*args)
+        self.prefills += out is not None
         return out
 
 
@@ -232,3 +237,101 @@ def test_engine_uses_the_fast_path_and_matches_greedy_without_it():
     model.__dict__["fast_decode"] = None  # Engine leaves an explicit None alone: the loop
     loop = run()
     assert fast == loop and len(fast) == 12
+
+
+# ---------------------------------------------------------------------------------------------
+# many tokens per forward (prefill, scoring): `layer_stack` with reused buffers
+# ---------------------------------------------------------------------------------------------
+def forwards(model: GPT, grad_off=torch.inference_mode):
+    """Logits of the forwards a user makes with many tokens at once, and the caches they filled."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 96, (1, 20), generator=g)
+    b = torch.randint(0, 96, (2, 7), generator=g)
+    outs = []
+    with grad_off():
+        outs.append(model(a))  # no cache: every position's logits (perplexity, scoring)
+        outs.append(model(a[:, :9], return_hidden=True))
+        one = model.new_kv_cache(1, 32)
+        outs.append(model(a[:, :12], torch.arange(12), one, logits_to_keep=1))  # a fresh prefill
+        outs.append(model(a[:, 12:], torch.arange(12, 20), one))  # continued at an offset (masked)
+        two = model.new_kv_cache(3, 32)
+        outs.append(model(b, torch.arange(7), two, rows=torch.tensor([2, 0])))  # two rows at once
+        outs.append(model(b[:, :3], torch.tensor([[7, 8, 9], [7, 8, 9]]), two, rows=torch.tensor([2, 0])))
+    return outs, one.k + one.v + two.k + two.v
+
+
+def check_prefill_path(model: GPT, tol: float = 2e-5, grad_off=torch.inference_mode) -> None:
+    assert install_fast_decode(model), unsupported(model)
+    model.__dict__["fast_decode"] = counter = Counting(model.__dict__["fast_decode"])
+    fast, fast_cache = forwards(model, grad_off)
+    assert counter.prefills == 6 and counter.hits == 0
+    model.__dict__["fast_decode"] = None
+    loop, loop_cache = forwards(model, grad_off)
+    for x, y in zip(fast, loop):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol * float(y.abs().max()))
+    for x, y in zip(fast_cache, loop_cache):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["plain", "fp32", "int8"])
+def test_prefill_path_equals_layer_loop(family, mode):
+    model = build(family)
+    if mode != "plain":
+        quantize_model(model, mode)  # fp32/int8: fused q/k/v and gate/up products
+    check_prefill_path(model, tol=2e-3 if mode == "int8" else 2e-5)
+
+
+def test_prefill_path_under_no_grad_and_with_a_sliding_window():
+    """Buffers made under inference_mode serve no_grad callers too; windows beyond T are masked."""
+    model = build("llama-gqa")
+    check_prefill_path(model)
+    check_prefill_path(model, grad_off=torch.no_grad)
+    slide = build("llama-gqa")
+    slide.config.sliding_window = 5
+    for block in slide.layers:
+        block.self_attn.sliding = True
+    check_prefill_path(slide)
+
+
+def test_prefill_path_with_a_head_size_the_attention_kernel_does_not_take():
+    odd = Config(**{**BASE, "n_embd": 48, "n_head": 4, "n_query_groups": 2})  # head size 12
+    torch.manual_seed(0)
+    model = GPT(odd).eval()
+    model.init_weights(std=0.2)
+    check_prefill_path(model)
+
+
+@pytest.mark.parametrize("B,T,S,nh,ng,hs,offset,window", [
+    (1, 70, 70, 6, 2, 64, 0, 0),  # a fresh prompt, grouped queries
+    (1, 37, 50, 4, 2, 80, 13, 0),  # continued at an offset; a head size that is not a multiple of 32
+    (2, 9, 20, 4, 1, 32, 3, 5),  # two rows at different positions, one kv head, a window
+    (3, 17, 40, 8, 8, 128, 5, 7),
+    (1, 5, 5, 2, 2, 8, 0, 0),
+])
+def test_attention_kernel_equals_masked_sdpa(B, T, S, nh, ng, hs, offset, window):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, T, nh, hs, generator=g).transpose(1, 2)  # the strides the projections give
+    k = torch.randn(B, ng, S + 8, hs, generator=g)[:, :, :S]  # a slice of a longer cache
+    v = torch.randn(B, ng, S + 8, hs, generator=g)[:, :, :S]
+    pos = (torch.arange(T) + offset).repeat(B, 1)
+    pos[-1] = torch.arange(T) + S - T  # the last row ends at the last key
+    j = torch.arange(S)
+    mask = j <= pos[:, None, :, None]
+    if window:
+        mask &= pos[:, None, :, None] - j < window
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=hs**-0.5, enable_gqa=True)
+    ws = Workspace()
+    for _ in range(2):  # the second call reuses the buffers
+        y = _attention(cpu_kernels.load(), q, k, v, pos, window, hs**-0.5, ws)
+        torch.testing.assert_close(y.view(B, T, nh, hs).transpose(1, 2), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_path_steps_aside_for_training():
+    model = build("llama-gqa")
+    assert install_fast_decode(model)
+    model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
+    logits = model(torch.tensor([IDS]))
+    logits.sum().backward()  # gradients on: the layer loop, whose graph this is
+    assert counter.prefills == 0 and model.lm_head.weight.grad is not None

@@ -1,4 +1,4 @@
-"""Small AVX2 matrix-vector kernels for batch-1 CPU decoding, compiled on first use.
+"""Small AVX2 kernels for CPU decoding (matrix-vector products) and prefill attention, compiled on first use.
 
 Why our own kernels: decoding one token reads every weight once, so the speed of a batch-1 CPU
 decoder is set by the bytes it reads per token. Storing weights as int8 or bf16 reads 4x / 2x fewer
@@ -8,6 +8,10 @@ dequant-GEMVs too). The kernels below are plain C with AVX2 intrinsics and their
 work-sharing thread pool (`torch.get_num_threads()` threads in all): on a busy machine an OpenMP
 team waits at every barrier for its slowest, descheduled thread, and a token runs 100+ matrix
 products; here the caller never waits for a helper thread that has not started.
+
+`lmf_attention` is the one kernel for many tokens: causal attention of a prompt's queries against
+the KV cache (6-row x 16-key score tiles on a transposed key copy, a vectorised softmax, 3-row x
+32-column P·V tiles), about twice as fast as PyTorch's CPU flash-attention kernel at 512 tokens.
 
 The shared library is built once per source version with the system C compiler (`$CC`, else `cc`)
 and cached in `$LMFORGE_HOME/kernels/`. Without a compiler or AVX2, `load()` returns None and
@@ -556,6 +560,208 @@ int lmf_decode_step(const model_t* m, float* x, float* out_, int logits, int64_t
     free(kv_off);
     return 0;
 }
+
+/* ---- prefill attention: many query rows against the cached keys, causal/windowed by position ---- */
+static inline __m256 exp256_ps(__m256 x) {
+    /* Cephes-style expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial; ~1 ulp over [-87, 88] */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+#define ATT_ROWS 6   /* query rows per task (score tile 6 x 16) */
+#define ATT_KEYS 16  /* keys per panel of the transposed key copy */
+typedef struct {
+    const float* q; int64_t q_sb, q_sh, q_st;   /* q[b, h, t, :] */
+    const float* k; int64_t k_sb, k_sg, k_ss;   /* k[b, g, s, :] */
+    const float* v; int64_t v_sb, v_sg, v_ss;   /* v[b, g, s, :] */
+    float* y; int64_t y_sb, y_st, y_sh;         /* y[b, t, h, :] */
+    float* kt;                                  /* scratch: (B, ng, S16 / 16, hs, 16) */
+    const int64_t* pos;                         /* (B, T) */
+    int64_t B, T, nh, ng, hs, S, S16, window, nblk;
+    float scale;
+} prefill_attn_args;
+
+static void attn_transpose_keys(const void* args, int64_t c) {  /* one (b, g) per chunk */
+    const prefill_attn_args* a = (const prefill_attn_args*)args;
+    int64_t b = c / a->ng, g = c % a->ng, hs = a->hs;
+    const float* k = a->k + b * a->k_sb + g * a->k_sg;
+    float* kt = a->kt + c * a->S16 * hs;
+    for (int64_t j = 0; j < a->S16; j++) {
+        float* dst = kt + (j / ATT_KEYS) * hs * ATT_KEYS + (j % ATT_KEYS);
+        if (j < a->S) for (int64_t d = 0; d < hs; d++) dst[d * ATT_KEYS] = k[j * a->k_ss + d];
+        else for (int64_t d = 0; d < hs; d++) dst[d * ATT_KEYS] = 0.f;
+    }
+}
+
+static __thread float* att_scratch;
+static __thread int64_t att_cap;
+
+static void attn_rows(const void* args, int64_t c) {
+    const prefill_attn_args* a = (const prefill_attn_args*)args;
+    int64_t qpk = a->nh / a->ng, hs = a->hs;
+    int64_t blk = a->nblk - 1 - c % a->nblk;  /* the longest rows first: better balance */
+    int64_t bg = c / a->nblk, b = bg / a->ng, g = bg % a->ng;
+    int64_t rows = qpk * a->T, r0 = blk * ATT_ROWS;
+    int64_t nr = rows - r0 < ATT_ROWS ? rows - r0 : ATT_ROWS;
+    const float* qr[ATT_ROWS];
+    float* yr[ATT_ROWS];
+    int64_t lo[ATT_ROWS], hi[ATT_ROWS], jlo = a->S16, jhi = 0;
+    for (int64_t r = 0; r < ATT_ROWS; r++) {
+        int64_t rr = r0 + (r < nr ? r : nr - 1);  /* a short last block repeats its last row */
+        int64_t t = rr / qpk, h = g * qpk + rr % qpk;
+        qr[r] = a->q + b * a->q_sb + h * a->q_sh + t * a->q_st;
+        yr[r] = a->y + b * a->y_sb + t * a->y_st + h * a->y_sh;
+        int64_t p = a->pos[b * a->T + t];
+        hi[r] = p + 1 < a->S ? p + 1 : a->S;
+        lo[r] = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
+        if (lo[r] > hi[r]) lo[r] = hi[r];
+        if (lo[r] < jlo) jlo = lo[r];
+        if (hi[r] > jhi) jhi = hi[r];
+    }
+    jlo -= jlo % ATT_KEYS;
+    int64_t jend = (jhi + ATT_KEYS - 1) / ATT_KEYS * ATT_KEYS, width = jend - jlo;
+    if (att_cap < ATT_ROWS * width) {
+        free(att_scratch);
+        att_cap = ATT_ROWS * width;
+        att_scratch = (float*)malloc(sizeof(float) * att_cap);
+    }
+    float* sc = att_scratch;  /* sc[r * width + (j - jlo)] */
+    /* scores: a 6 x 16 tile per key panel, q rows broadcast along the 16 keys */
+    const float* kt = a->kt + bg * a->S16 * hs;
+    __m256 vs = _mm256_set1_ps(a->scale);
+    for (int64_t j = jlo; j < jend; j += ATT_KEYS) {
+        const float* kp = kt + (j / ATT_KEYS) * hs * ATT_KEYS;
+        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+               c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+        for (int64_t d = 0; d < hs; d++) {
+            __m256 k0 = _mm256_loadu_ps(kp + d * ATT_KEYS), k1 = _mm256_loadu_ps(kp + d * ATT_KEYS + 8), x;
+            x = _mm256_broadcast_ss(qr[0] + d); c00 = _mm256_fmadd_ps(x, k0, c00); c01 = _mm256_fmadd_ps(x, k1, c01);
+            x = _mm256_broadcast_ss(qr[1] + d); c10 = _mm256_fmadd_ps(x, k0, c10); c11 = _mm256_fmadd_ps(x, k1, c11);
+            x = _mm256_broadcast_ss(qr[2] + d); c20 = _mm256_fmadd_ps(x, k0, c20); c21 = _mm256_fmadd_ps(x, k1, c21);
+            x = _mm256_broadcast_ss(qr[3] + d); c30 = _mm256_fmadd_ps(x, k0, c30); c31 = _mm256_fmadd_ps(x, k1, c31);
+            x = _mm256_broadcast_ss(qr[4] + d); c40 = _mm256_fmadd_ps(x, k0, c40); c41 = _mm256_fmadd_ps(x, k1, c41);
+            x = _mm256_broadcast_ss(qr[5] + d); c50 = _mm256_fmadd_ps(x, k0, c50); c51 = _mm256_fmadd_ps(x, k1, c51);
+        }
+        float* s = sc + (j - jlo);
+        _mm256_storeu_ps(s, _mm256_mul_ps(c00, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(c01, vs)); s += width;
+        _mm256_storeu_ps(s, _mm256_mul_ps(c10, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(c11, vs)); s += width;
+        _mm256_storeu_ps(s, _mm256_mul_ps(c20, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(c21, vs)); s += width;
+        _mm256_storeu_ps(s, _mm256_mul_ps(c30, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(c31, vs)); s += width;
+        _mm256_storeu_ps(s, _mm256_mul_ps(c40, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(c41, vs)); s += width;
+        _mm256_storeu_ps(s, _mm256_mul_ps(c50, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(c51, vs));
+    }
+    /* softmax of each row over its own keys [lo, hi); zero elsewhere in the tile */
+    float inv[ATT_ROWS];
+    for (int64_t r = 0; r < ATT_ROWS; r++) {
+        float* s = sc + r * width - jlo;  /* s[j] for absolute key j */
+        int64_t l = lo[r], h = hi[r], j;
+        for (j = jlo; j < l; j++) s[j] = 0.f;
+        for (j = h; j < jend; j++) s[j] = 0.f;
+        if (h <= l) { inv[r] = 0.f; continue; }
+        __m256 vmx = _mm256_set1_ps(-INFINITY);
+        for (j = l; j + 8 <= h; j += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(s + j));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float mx = _mm_cvtss_f32(m4);
+        for (; j < h; j++) mx = s[j] > mx ? s[j] : mx;
+        __m256 vm = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+        for (j = l; j + 8 <= h; j += 8) {
+            __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+            _mm256_storeu_ps(s + j, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum_ps(vsum);
+        for (; j < h; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+        inv[r] = 1.f / sum;
+    }
+    /* out = P V: three rows x 32 columns of accumulators per pass over the keys */
+    const float* v = a->v + b * a->v_sb + g * a->v_sg;
+    int64_t vss = a->v_ss;
+    for (int64_t r = 0; r < ATT_ROWS; r += 3) {
+        const float *p0 = sc + r * width - jlo, *p1 = p0 + width, *p2 = p1 + width;
+        int64_t l = lo[r] < lo[r + 1] ? lo[r] : lo[r + 1];
+        l = l < lo[r + 2] ? l : lo[r + 2];
+        int64_t h = hi[r] > hi[r + 1] ? hi[r] : hi[r + 1];
+        h = h > hi[r + 2] ? h : hi[r + 2];
+        int64_t c0 = 0;
+        for (; c0 + 32 <= hs; c0 += 32) {
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+                   a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+            const float* vj = v + l * vss + c0;
+            for (int64_t j = l; j < h; j++, vj += vss) {
+                __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8), v2 = _mm256_loadu_ps(vj + 16),
+                       v3 = _mm256_loadu_ps(vj + 24), x;
+                x = _mm256_broadcast_ss(p0 + j);
+                a00 = _mm256_fmadd_ps(x, v0, a00); a01 = _mm256_fmadd_ps(x, v1, a01);
+                a02 = _mm256_fmadd_ps(x, v2, a02); a03 = _mm256_fmadd_ps(x, v3, a03);
+                x = _mm256_broadcast_ss(p1 + j);
+                a10 = _mm256_fmadd_ps(x, v0, a10); a11 = _mm256_fmadd_ps(x, v1, a11);
+                a12 = _mm256_fmadd_ps(x, v2, a12); a13 = _mm256_fmadd_ps(x, v3, a13);
+                x = _mm256_broadcast_ss(p2 + j);
+                a20 = _mm256_fmadd_ps(x, v0, a20); a21 = _mm256_fmadd_ps(x, v1, a21);
+                a22 = _mm256_fmadd_ps(x, v2, a22); a23 = _mm256_fmadd_ps(x, v3, a23);
+            }
+            float* y0 = yr[r] + c0;
+            __m256 s0 = _mm256_set1_ps(inv[r]);
+            _mm256_storeu_ps(y0, _mm256_mul_ps(a00, s0)); _mm256_storeu_ps(y0 + 8, _mm256_mul_ps(a01, s0));
+            _mm256_storeu_ps(y0 + 16, _mm256_mul_ps(a02, s0)); _mm256_storeu_ps(y0 + 24, _mm256_mul_ps(a03, s0));
+            if (r + 1 < nr) {
+                float* y1 = yr[r + 1] + c0;
+                __m256 s1 = _mm256_set1_ps(inv[r + 1]);
+                _mm256_storeu_ps(y1, _mm256_mul_ps(a10, s1)); _mm256_storeu_ps(y1 + 8, _mm256_mul_ps(a11, s1));
+                _mm256_storeu_ps(y1 + 16, _mm256_mul_ps(a12, s1)); _mm256_storeu_ps(y1 + 24, _mm256_mul_ps(a13, s1));
+            }
+            if (r + 2 < nr) {
+                float* y2 = yr[r + 2] + c0;
+                __m256 s2 = _mm256_set1_ps(inv[r + 2]);
+                _mm256_storeu_ps(y2, _mm256_mul_ps(a20, s2)); _mm256_storeu_ps(y2 + 8, _mm256_mul_ps(a21, s2));
+                _mm256_storeu_ps(y2 + 16, _mm256_mul_ps(a22, s2)); _mm256_storeu_ps(y2 + 24, _mm256_mul_ps(a23, s2));
+            }
+        }
+        for (; c0 < hs; c0 += 8) {  /* head sizes not a multiple of 32: 8 columns at a time */
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0;
+            const float* vj = v + l * vss + c0;
+            for (int64_t j = l; j < h; j++, vj += vss) {
+                __m256 vv = _mm256_loadu_ps(vj);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + j), vv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j), vv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + j), vv, a2);
+            }
+            _mm256_storeu_ps(yr[r] + c0, _mm256_mul_ps(a0, _mm256_set1_ps(inv[r])));
+            if (r + 1 < nr) _mm256_storeu_ps(yr[r + 1] + c0, _mm256_mul_ps(a1, _mm256_set1_ps(inv[r + 1])));
+            if (r + 2 < nr) _mm256_storeu_ps(yr[r + 2] + c0, _mm256_mul_ps(a2, _mm256_set1_ps(inv[r + 2])));
+        }
+    }
+}
+
+/* Attention of T query rows per sequence against S cached keys: query (b, t) at position pos[b, t]
+ * sees keys j with max(0, pos - window + 1) <= j <= pos (window 0: no window), j < S. hs % 8 == 0.
+ * kt: scratch of B * ng * S16 * hs floats, S16 = S rounded up to 16. Writes y[b, t, h, :]. */
+void lmf_attention(const float* q, int64_t q_sb, int64_t q_sh, int64_t q_st,
+                   const float* k, int64_t k_sb, int64_t k_sg, int64_t k_ss,
+                   const float* v, int64_t v_sb, int64_t v_sg, int64_t v_ss,
+                   float* y, int64_t y_sb, int64_t y_st, int64_t y_sh, float* kt, const int64_t* pos,
+                   int64_t B, int64_t T, int64_t nh, int64_t ng, int64_t hs, int64_t S, int64_t window,
+                   float scale, int nthreads) {
+    prefill_attn_args a = {q, q_sb, q_sh, q_st, k, k_sb, k_sg, k_ss, v, v_sb, v_sg, v_ss, y, y_sb, y_st, y_sh, kt, pos,
+                   B, T, nh, ng, hs, S, (S + ATT_KEYS - 1) / ATT_KEYS * ATT_KEYS, window,
+                   (nh / ng * T + ATT_ROWS - 1) / ATT_ROWS, scale};
+    run_job(attn_transpose_keys, &a, B * ng, nthreads);
+    run_job(attn_rows, &a, B * ng * a.nblk, nthreads);
+}
 """
 
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-pthread", "-shared", "-fPIC"]
@@ -617,5 +823,7 @@ def load() -> ctypes.CDLL | None:
         f.restype = None
     lib.lmf_decode_step.argtypes = [P, P, P, INT, I64, P, P, I64, P, P, P, P, INT]
     lib.lmf_decode_step.restype = INT
+    lib.lmf_attention.argtypes = [P, I64, I64, I64] * 4 + [P, P] + [I64] * 7 + [ctypes.c_float, INT]
+    lib.lmf_attention.restype = None
     _lib = lib
     return lib

@@ -446,11 +446,18 @@ class GPT(nn.Module):
                 return x
         else:
             ctx = self._context(pos, cache, rows, default_pos)
-            for block in self.layers:
-                x = block(x, cos, sin, ctx)
-            if logits_to_keep:
-                x = x[:, -logits_to_keep:]
-            x = self.norm(x)
+            hidden = None
+            if fast is not None and not torch.is_grad_enabled():
+                # the same layers with reused buffers (prefill, scoring); None: not applicable
+                hidden = fast.prefill(self, x, cos, sin, ctx, logits_to_keep)
+            if hidden is not None:
+                x = hidden
+            else:
+                for block in self.layers:
+                    x = block(x, cos, sin, ctx)
+                if logits_to_keep:
+                    x = x[:, -logits_to_keep:]
+                x = self.norm(x)
         if return_hidden:
             return x
         return self.head(x)

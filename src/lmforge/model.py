@@ -435,7 +435,7 @@ class GPT(nn.Module):
             # pos.max() (a host sync, and a graph break under torch.compile)
             cos, sin = self._rope(pos, x.dtype, need=T if default_pos else None)
 
-        fast = self.__dict__.get("fast_decode")  # one kernel call for all layers (lmforge.fast_decode)
+        fast = self.__dict__.get("fast_decode")  # decoding steps and prefills on CPU (lmforge.fast_decode)
         done = None
         if fast is not None and T == 1 and cache is not None and not torch.is_grad_enabled():
             # (logits, True), (normed hidden, False), or None: not applicable, take the layer loop

@@ -41,7 +41,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge import cpu_kernels
-from lmforge.model import apply_rope_signed
 from lmforge.quantize import QuantizedLinear
 
 # Up to this many tokens per step the kernel's weight-streaming products win (each weight read
@@ -406,7 +405,7 @@ def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin
     act = _ACT_INPLACE[cfg.activation]
     resid = workspace.get("residual", n, d)
     resid.copy_(x.reshape(n, d))
-    for i, block in enumerate(model.layers):
+    for block in model.layers:
         attn, mlp = block.self_attn, block.mlp
         h = block.attn_norm(resid)
         h_mlp = None
@@ -419,15 +418,7 @@ def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin
             q = _project(attn.q_proj, h, workspace.get("q", n, nh * hs))
             k = _project(attn.k_proj, h, workspace.get("k", n, ng * hs))
             v = _project(attn.v_proj, h, workspace.get("v", n, ng * hs))
-        q = q.view(B, T, nh, hs).transpose(1, 2)
-        k = k.view(B, T, ng, hs).transpose(1, 2)
-        v = v.view(B, T, ng, hs).transpose(1, 2)
-        if cfg.qk_norm == "head":
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        if cos is not None:
-            q, k = apply_rope_signed(q, cos, sin), apply_rope_signed(k, cos, sin)
-        if ctx.cache is not None:
-            k, v = ctx.cache.write(i, k, v, ctx.pos, ctx.rows, ctx.kv_len)
+        q, k, v = attn.heads(q.view(B, T, -1), k.view(B, T, -1), v.view(B, T, -1), cos, sin, ctx)
         if lib is not None and hs % 8 == 0:
             y = _attention(lib, q, k, v, ctx.pos, cfg.sliding_window if attn.sliding else 0, attn.scale, workspace)
         else:

@@ -180,12 +180,24 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: _Context) -> torch.Tensor:
         cfg = self.config
         B, T, _ = x.shape
-        hs, nh, ng = cfg.head_size, cfg.n_head, cfg.n_query_groups
         fused = self.__dict__.get("fused_qkv")  # one matrix product for q, k, v (lmforge.quantize)
         if fused is not None and fused.covers(self.q_proj, self.k_proj, self.v_proj):
             q, k, v = fused(x).split(fused.sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.heads(q, k, v, cos, sin, ctx)
+        mask = ctx.sliding_mask if self.sliding and ctx.sliding_mask is not None else ctx.mask
+        y = self._attend(q, k, v, mask, ctx.causal)
+        y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size)
+        return self.o_proj(y)
+
+    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None,
+              sin: torch.Tensor | None, ctx: _Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projections (B, T, ·) → q (B, nh, T, hs) normed and rotated; k, v (B, ng, S, hs) with the
+        new keys/values stored in the cache (S: the cached length) or, without one, the new ones."""
+        cfg = self.config
+        B, T, _ = q.shape
+        hs, nh, ng = cfg.head_size, cfg.n_head, cfg.n_query_groups
         if cfg.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -195,13 +207,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
             q, k = apply_rope_signed(q, cos, sin), apply_rope_signed(k, cos, sin)
-
         if ctx.cache is not None:
-            k, v = ctx.cache.write(self.layer_idx, k, v, ctx.pos, ctx.rows, ctx.kv_len)  # (B, ng, S, hs)
-        mask = ctx.sliding_mask if self.sliding and ctx.sliding_mask is not None else ctx.mask
-        y = self._attend(q, k, v, mask, ctx.causal)
-        y = y.transpose(1, 2).reshape(B, T, nh * hs)
-        return self.o_proj(y)
+            k, v = ctx.cache.write(self.layer_idx, k, v, ctx.pos, ctx.rows, ctx.kv_len)
+        return q, k, v
 
     def _attend(self, q, k, v, mask, causal: bool) -> torch.Tensor:
         cfg = self.config

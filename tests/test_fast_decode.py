@@ -328,6 +328,24 @@ def test_attention_kernel_equals_masked_sdpa(B, T, S, nh, ng, hs, offset, window
         torch.testing.assert_close(y.view(B, T, nh, hs).transpose(1, 2), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_prefill_path_with_int32_positions():
+    model = build("llama-gqa")
+    idx = torch.tensor([IDS[:12]])
+    outs = []
+    for fast in (True, False):
+        if fast:
+            assert install_fast_decode(model)
+            model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
+        else:
+            model.__dict__["fast_decode"] = None
+        with torch.inference_mode():
+            one = model.new_kv_cache(1, 32)
+            model(idx[:, :4], torch.arange(4), one)
+            outs.append(model(idx[:, 4:], torch.arange(4, 12, dtype=torch.int32), one))  # int32 positions
+    assert counter.prefills == 2
+    torch.testing.assert_close(outs[0], outs[1], rtol=2e-5, atol=2e-5 * float(outs[1].abs().max()))
+
+
 def test_prefill_path_steps_aside_for_training():
     model = build("llama-gqa")
     assert install_fast_decode(model)

@@ -281,28 +281,30 @@ class FastDecoder:
                  cos: torch.Tensor | None, sin: torch.Tensor | None,
                  logits: bool = True) -> tuple[torch.Tensor, bool] | None:
         """`DecodePlan.step` for `model`, with the plan (re)built as needed; None: use the layer loop."""
-        plan = self._plan
-        if plan is None or self._model() is not model or not plan.valid():
-            if self._gave_up is not None and self._gave_up() is model:
-                return None
-            if not self.prepare(model):
-                return None
-            plan = self._plan
-        return plan.step(x, pos, cache, rows, cos, sin, logits)
+        plan = self._plan_for(model)
+        return None if plan is None else plan.step(x, pos, cache, rows, cos, sin, logits)
 
-    def prefill(self, model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                ctx, keep: int = 0) -> torch.Tensor | None:
-        """`layer_stack` for `model` with this decoder's buffers; None: use the layer loop."""
+    def _plan_for(self, model: nn.Module) -> DecodePlan | None:
+        """The plan for `model`, (re)built if the model changed; None once the model is unsupported."""
         plan = self._plan
         if plan is None or self._model() is not model or not plan.valid():
             if (self._gave_up is not None and self._gave_up() is model) or not self.prepare(model):
                 return None
+            plan = self._plan
+        return plan
+
+    def prefill(self, model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                ctx, keep: int = 0) -> torch.Tensor | None:
+        """`layer_stack` for `model` with this decoder's buffers; None: use the layer loop."""
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.size(0) * x.size(1) < 2:
+            return None
+        plan = self._plan_for(model)
+        if plan is None:
             return None
         workspace = getattr(self._local, "workspace", None)
         if workspace is None:
             workspace = self._local.workspace = Workspace()
-        return layer_stack(model, x, cos, sin, ctx, keep, workspace, self._plan._lib)
+        return layer_stack(model, x, cos, sin, ctx, keep, workspace, plan._lib)
 
     def __deepcopy__(self, memo) -> FastDecoder:
         return FastDecoder()  # raw pointers must not be copied: the copy builds its own plan
@@ -335,13 +337,9 @@ class Workspace:
         return buf[:n].view(rows, cols)
 
 
-def _plain_fp32(m: nn.Module) -> bool:
-    return _linear_mode(m) == "fp32" and m.weight.dtype == torch.float32
-
-
 def _project(m: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """m(h) for 2-D h, written into `out` when `m` is a plain fp32 map."""
-    if not _plain_fp32(m):
+    """m(h) for 2-D h, written into `out` when `m` holds fp32 weights."""
+    if _linear_mode(m) != "fp32":  # int8/bf16 weights: the module's own forward
         return m(h)
     if m.bias is None:
         return torch.mm(h, m.weight.t(), out=out)
@@ -349,8 +347,8 @@ def _project(m: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def _project_add(m: nn.Module, h: torch.Tensor, residual: torch.Tensor) -> None:
-    """residual += m(h), in one GEMM (beta = 1) when `m` is a plain fp32 map."""
-    if not _plain_fp32(m):
+    """residual += m(h), in one GEMM (beta = 1) when `m` holds fp32 weights."""
+    if _linear_mode(m) != "fp32":
         residual.add_(m(h))
         return
     residual.addmm_(h, m.weight.t())
@@ -376,14 +374,14 @@ def _attention(lib, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torc
     B, nh, T, hs = q.shape
     ng, S = k.size(1), k.size(2)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    pos = pos.contiguous()
+    pos = pos.to(torch.int64).contiguous()
     y = workspace.get("attention", B * T, nh * hs)
     kt = workspace.get("keys_t", B * ng, (S + 15) // 16 * 16 * hs)
     lib.lmf_attention(q.data_ptr(), q.stride(0), q.stride(1), q.stride(2),
                       k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
                       v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
                       y.data_ptr(), T * nh * hs, nh * hs, hs, kt.data_ptr(), pos.data_ptr(),
-                      B, T, nh, ng, hs, S, window or 0, scale, torch.get_num_threads())
+                      B, T, nh, ng, hs, S, window, scale, torch.get_num_threads())
     return y
 
 

@@ -430,6 +430,7 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device).expand(B, T)
             default_pos = True
         else:
+            input_pos = input_pos.long()  # int32 positions work too (index ops want int64)
             pos = input_pos.expand(B, T) if input_pos.dim() == 1 else input_pos
             default_pos = False
         x = self.embed_tokens(idx)

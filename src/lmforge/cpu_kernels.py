@@ -11,7 +11,7 @@ products; here the caller never waits for a helper thread that has not started.
 
 `lmf_attention` is the one kernel for many tokens: causal attention of a prompt's queries against
 the KV cache (6-row x 16-key score tiles on a transposed key copy, a vectorised softmax, 3-row x
-32-column P·V tiles), about twice as fast as PyTorch's CPU flash-attention kernel at 512 tokens.
+32-column P·V tiles), 1.7–2x as fast as PyTorch's CPU flash-attention kernel at 512 tokens.
 
 The shared library is built once per source version with the system C compiler (`$CC`, else `cc`)
 and cached in `$LMFORGE_HOME/kernels/`. Without a compiler or AVX2, `load()` returns None and

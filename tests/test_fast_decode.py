@@ -346,6 +346,21 @@ def test_prefill_path_with_int32_positions():
     torch.testing.assert_close(outs[0], outs[1], rtol=2e-5, atol=2e-5 * float(outs[1].abs().max()))
 
 
+def test_prefill_buffers_are_kept_up_to_a_size(monkeypatch):
+    from lmforge import fast_decode
+
+    model = build("llama-gqa")
+    assert install_fast_decode(model)
+    local = model.fast_decode._local
+    with torch.inference_mode():
+        model(torch.tensor([IDS]))
+        kept = local.workspace.nbytes
+        assert kept > 0  # reused by the next call
+        monkeypatch.setattr(fast_decode, "WORKSPACE_KEEP_BYTES", kept - 1)
+        model(torch.tensor([IDS]))
+    assert local.workspace.nbytes == 0  # over the limit: freed after the call
+
+
 def test_prefill_path_steps_aside_for_training():
     model = build("llama-gqa")
     assert install_fast_decode(model)

@@ -304,7 +304,9 @@ class FastDecoder:
         workspace = getattr(self._local, "workspace", None)
         if workspace is None:
             workspace = self._local.workspace = Workspace()
-        return layer_stack(model, x, cos, sin, ctx, keep, workspace, plan._lib)
+        hidden = layer_stack(model, x, cos, sin, ctx, keep, workspace, plan._lib)
+        workspace.trim(WORKSPACE_KEEP_BYTES)
+        return hidden
 
     def __deepcopy__(self, memo) -> FastDecoder:
         return FastDecoder()  # raw pointers must not be copied: the copy builds its own plan
@@ -316,8 +318,13 @@ class FastDecoder:
 # ---------------------------------------------------------------------------------------------
 # many tokens at once (prefill, scoring): the layer loop without per-op allocations
 # ---------------------------------------------------------------------------------------------
+# A model keeps its prefill buffers between calls up to this size (a 512-token SmolLM2-135M
+# prompt needs ~11 MB, 4,096 tokens ~90 MB); larger ones are freed after the call, as the layer
+# loop's would be.
+WORKSPACE_KEEP_BYTES = 256 << 20
+
 class Workspace:
-    """Activation buffers reused from one forward to the next, grown to the largest seen.
+    """Activation buffers reused from one forward to the next, grown to the largest seen (see `trim`).
 
     A 512-token prefill of a 30-layer model otherwise allocates ~25 MB per layer; those large
     blocks come fresh from the kernel (glibc maps them), and the page faults cost ~10% of the
@@ -327,6 +334,15 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def trim(self, max_bytes: int) -> None:
+        """Free every buffer if together they hold more than `max_bytes` (after a very long input)."""
+        if self.nbytes > max_bytes:
+            self._buffers.clear()
 
     def get(self, name: str, rows: int, cols: int) -> torch.Tensor:
         n = rows * cols

@@ -76,6 +76,16 @@ class Counting:
         return out
 
 
+def switch(model: GPT, fast: bool) -> Counting | None:
+    """Send `model`'s forwards through a counted fast path (True) or its layer loop (False)."""
+    if not fast:
+        model.__dict__["fast_decode"] = None
+        return None
+    assert install_fast_decode(model), unsupported(model)
+    model.__dict__["fast_decode"] = counter = Counting(model.__dict__["fast_decode"])
+    return counter
+
+
 def fast_vs_loop(model: GPT, ids: list[int], prefill: int = 5, **kw):
     assert install_fast_decode(model), unsupported(model)
     model.__dict__["fast_decode"] = counter = Counting(model.__dict__["fast_decode"])
@@ -112,13 +122,9 @@ def test_several_sequences_at_their_own_positions(family, mode):
     if mode != "plain":
         quantize_model(model, mode)
     lengths = [3, 9, 6]
-    results = []
+    results, counter = [], None
     for fast in (True, False):
-        if fast:
-            assert install_fast_decode(model)
-            model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
-        else:
-            model.__dict__["fast_decode"] = None
+        counter = switch(model, fast) or counter
         cache = model.new_kv_cache(4, 32)
         steps = []
         with torch.inference_mode():
@@ -261,11 +267,10 @@ def forwards(model: GPT, grad_off=torch.inference_mode):
 
 
 def check_prefill_path(model: GPT, tol: float = 2e-5, grad_off=torch.inference_mode) -> None:
-    assert install_fast_decode(model), unsupported(model)
-    model.__dict__["fast_decode"] = counter = Counting(model.__dict__["fast_decode"])
+    counter = switch(model, True)
     fast, fast_cache = forwards(model, grad_off)
     assert counter.prefills == 6 and counter.hits == 0
-    model.__dict__["fast_decode"] = None
+    switch(model, False)
     loop, loop_cache = forwards(model, grad_off)
     for x, y in zip(fast, loop):
         assert x.shape == y.shape
@@ -331,13 +336,9 @@ def test_attention_kernel_equals_masked_sdpa(B, T, S, nh, ng, hs, offset, window
 def test_prefill_path_with_int32_positions():
     model = build("llama-gqa")
     idx = torch.tensor([IDS[:12]])
-    outs = []
+    outs, counter = [], None
     for fast in (True, False):
-        if fast:
-            assert install_fast_decode(model)
-            model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
-        else:
-            model.__dict__["fast_decode"] = None
+        counter = switch(model, fast) or counter
         with torch.inference_mode():
             one = model.new_kv_cache(1, 32)
             model(idx[:, :4], torch.arange(4), one)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
@@ -452,3 +454,154 @@ def test_smollm2_greedy_matches_transformers(smollm2):
             ref = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
                               eos_token_id=tok.eos_ids, pad_token_id=tok.eos_id)[0, len(ids):].tolist()
         assert generate(smollm2.model, tok, ids, SamplingParams(max_new_tokens=24)).token_ids == ref
+
+
+# ---------------------------------------------------------------------------------------------
+# continuous batching under random arrival schedules (property test)
+# ---------------------------------------------------------------------------------------------
+def _path_model(path: str) -> GPT:
+    """The tiny model on one inference path: the one-call kernels or the layer loop, fp32 or int8."""
+    from lmforge.quantize import quantize_model
+
+    m = tiny_gpt(seed=3)
+    kernels, weights = path.split("-")
+    if weights == "int8":
+        quantize_model(m, "int8")
+    if kernels == "loop":
+        m.__dict__["fast_decode"] = None  # GPT.forward's layer loop; the Engine keeps it
+    elif "fast_decode" not in m.__dict__:
+        from lmforge.fast_decode import install_fast_decode
+
+        if not install_fast_decode(m):
+            pytest.skip("no C compiler or AVX2 here: the kernel path is not available")
+    return m
+
+
+_SCHED_MODELS: dict[str, GPT] = {}
+_SOLO: dict[tuple[str, tuple[int, ...]], tuple[list[int], list[float]]] = {}
+_SOLO_TOKENS = 12
+
+
+def _solo(path: str, prompt: tuple[int, ...]) -> tuple[list[int], list[float]]:
+    """A request's greedy tokens alone in a one-slot engine, and each step's top-2 logit gap."""
+    key = (path, prompt)
+    if key not in _SOLO:
+        model = _SCHED_MODELS[path]
+        engine = Engine(model, None, max_batch_size=1, max_seq_length=64)
+        tokens = [ev.token_id for ev in engine.stream(list(prompt), SamplingParams(max_new_tokens=_SOLO_TOKENS,
+                                                                                    ignore_eos=True))]
+        gaps = []
+        with torch.inference_mode():
+            ids = list(prompt) + tokens
+            logits = model(torch.tensor([ids]))[0, len(prompt) - 1:-1]  # one full forward, no cache
+            top2 = logits.topk(2, dim=-1).values
+            gaps = (top2[:, 0] - top2[:, 1]).tolist()
+        _SOLO[key] = (tokens, gaps)
+    return _SOLO[key]
+
+
+def _check_against_solo(path: str, prompt: tuple[int, ...], got: list[int]) -> None:
+    solo, gaps = _solo(path, prompt)
+    for i, (a, b) in enumerate(zip(got, solo)):
+        if a != b:  # allowed only where the solo run's choice was a near-tie
+            assert gaps[i] < 1e-4, f"{path}: prompt {prompt} diverged at token {i} ({a} != {b}), top-2 gap {gaps[i]:.2e}"
+            return
+
+
+_request = st.tuples(
+    st.integers(0, 8),  # arrival step
+    st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=20).map(tuple),  # prompt
+    st.integers(1, _SOLO_TOKENS),  # max_new_tokens
+    st.one_of(st.none(), st.integers(0, 10)),  # cancel at this step (None: never)
+)
+
+
+@pytest.mark.parametrize("path", ["kernel-fp32", "loop-fp32", "kernel-int8", "loop-int8"])
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(slots=st.integers(1, 5), requests=st.lists(_request, min_size=1, max_size=9))
+def test_random_schedules_equal_solo_outputs(path, slots, requests):
+    """Whatever the arrival order, slot count, prompt lengths, cancellations and limits, each
+    request's greedy tokens are its tokens when served alone (the kv cache of a request admitted
+    between running slots used to be overwritten by its neighbours' decode step)."""
+    if path not in _SCHED_MODELS:
+        _SCHED_MODELS[path] = _path_model(path)
+    engine = Engine(_SCHED_MODELS[path], None, max_batch_size=slots, max_seq_length=64)
+    got: dict[str, list[int]] = {}
+    finished: dict[str, int] = {}
+    ids = [f"r{i}" for i in range(len(requests))]
+    step = 0
+    while step < 200 and (engine.has_work() or any(arr >= step for arr, *_ in requests)):
+        for rid, (arrival, prompt, max_new, cancel) in zip(ids, requests):
+            if arrival == step:
+                engine.add(list(prompt), SamplingParams(max_new_tokens=max_new, ignore_eos=True), request_id=rid)
+            if cancel is not None and arrival + cancel == step and rid not in finished:
+                engine.cancel(rid)
+        for ev in engine.step():
+            assert getattr(ev, "error", None) is None
+            got.setdefault(ev.request_id, []).append(ev.token_id)
+            if ev.finished:
+                finished[ev.request_id] = len(got[ev.request_id])
+        step += 1
+    assert not engine.has_work()
+    for rid, (arrival, prompt, max_new, cancel) in zip(ids, requests):
+        tokens = got.get(rid, [])
+        if cancel is None:
+            assert finished.get(rid) == max_new == len(tokens)
+        assert len(tokens) <= max_new
+        _check_against_solo(path, prompt, tokens)
+
+
+class _Poisoned(SamplingParams):
+    """Sampling settings that blow up when the sampler reads them (a stand-in for any bug that is
+    specific to one request's settings)."""
+
+    @property
+    def greedy(self) -> bool:
+        raise RuntimeError("poisoned settings")
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=1e-40), dict(temperature=5e-324, top_p=5e-324), dict(repetition_penalty=5e-324, temperature=1.0),
+    dict(repetition_penalty=1e300, temperature=0.7, seed=2**70), dict(top_p=5e-324, min_p=5e-324, temperature=2.0),
+])
+def test_extreme_sampling_values_never_break_the_batch(model, bad):
+    """Values near the smallest floats used to make the probabilities NaN and torch.multinomial
+    raise inside the step, failing every request in flight."""
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(12)]
+    expected = [generate(model, None, p, params).token_ids for p in prompts]
+    engine = Engine(model, None, max_batch_size=13, max_seq_length=64)
+    out = engine.run([PROMPTS[0]] + prompts, [SamplingParams(max_new_tokens=6, ignore_eos=True, **bad)] + [params] * 12)
+    assert [c.token_ids for c in out[1:]] == expected
+    assert len(out[0].token_ids) == 6 and all(0 <= t < VOCAB for t in out[0].token_ids)
+
+
+def test_one_failing_request_fails_alone(model):
+    """Blast radius: an exception while serving one request ends that request with an error event;
+    the 12 requests beside it (running and waiting) finish with their solo outputs."""
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(12)]
+    expected = [generate(model, None, p, params).token_ids for p in prompts]
+    engine = Engine(model, None, max_batch_size=6, max_seq_length=64)  # 7 run at once, 6 wait
+    for i, p in enumerate(prompts[:6]):
+        engine.add(p, params, request_id=f"good{i}")
+    engine.add(PROMPTS[1], _Poisoned(max_new_tokens=8), request_id="bad")
+    for i, p in enumerate(prompts[6:], 6):
+        engine.add(p, params, request_id=f"good{i}")
+    got: dict[str, list[int]] = {}
+    errors = {}
+    while engine.has_work():
+        for ev in engine.step():
+            if ev.error is not None:
+                errors[ev.request_id] = (ev.error, ev.finish_reason, ev.finished)
+            else:
+                got.setdefault(ev.request_id, []).append(ev.token_id)
+    assert errors == {"bad": ("RuntimeError: poisoned settings", "error", True)}
+    assert [got[f"good{i}"] for i in range(12)] == expected
+    with pytest.raises(LmforgeError, match="poisoned settings"):
+        engine.run([PROMPTS[0]], _Poisoned(max_new_tokens=2))
+
+
+def test_seed_any_integer():
+    for seed in (2**64 + 5, -(2**70), 2**63):
+        assert SamplingParams(seed=seed, temperature=1.0).make_generator() is not None

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from lmforge.model import GPT, KVCache
     from lmforge.tokenizer import Tokenizer
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "error"]
 
 # padded tokens per batched prefill forward (requests admitted in the same step)
 PREFILL_TOKENS = 4096
@@ -58,9 +58,11 @@ class Event:
         token_id: The token generated in this step.
         text: New printable text (may be "" while bytes or a possible stop string are held back).
         finished: True on the request's last event.
-        finish_reason: "stop" (EOS or stop string), "length" (max_new_tokens or context full), or None.
+        finish_reason: "stop" (EOS or stop string), "length" (max_new_tokens or context full),
+            "error" (this request failed; `error` says why, its neighbours go on), or None.
         prompt_tokens: Number of prompt tokens.
         completion_tokens: Tokens generated so far (including this one).
+        error: Why the request failed (with finish_reason "error"; token_id is then -1).
     """
 
     request_id: str
@@ -70,6 +72,7 @@ class Event:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None
 
 
 @dataclass
@@ -306,13 +309,13 @@ class Engine:
                 return True
         return any(r is not None for r in self.slots)
 
-    @property
-    def num_active(self) -> int:
-        return sum(r is not None for r in self.slots)
-
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> list[Event]:
-        """Admit waiting requests, run one decode step for all active rows, return the events."""
+        """Admit waiting requests, run one decode step for all active rows, return the events.
+
+        A failure while serving one request (its sampling settings, its prefill, its tokens) ends
+        that request alone with an "error" event; the others go on.
+        """
         import torch
 
         with torch.inference_mode():
@@ -321,8 +324,37 @@ class Engine:
             fresh = self._admit(events)
             rows = [r for r in self.slots if r is not None and r.id not in fresh]
             if rows:
-                self._decode(rows, events)
+                self._isolated(self._decode, rows, events)
             return events
+
+    def _isolated(self, run, reqs: list[_Request], events: list[Event]) -> None:
+        """`run(reqs, events)`; if it raises, run each request alone and fail only those that raise.
+
+        `run` raises only from its forward pass, before it changes any request (`_emit` isolates
+        the rest), so running a request again is safe: its cache positions are simply rewritten.
+        """
+        try:
+            run(reqs, events)
+            return
+        except Exception as e:
+            if len(reqs) == 1:
+                self._fail(reqs[0], e, events)
+                return
+        for req in reqs:
+            if not req.finished:
+                try:
+                    run([req], events)
+                except Exception as e:
+                    self._fail(req, e, events)
+
+    def _fail(self, req: _Request, exc: Exception, events: list[Event]) -> None:
+        import logging
+
+        logging.getLogger("lmforge.generate").warning("request %s failed: %s: %s", req.id, type(exc).__name__, exc)
+        if not req.finished:
+            self._free(req)
+        events.append(Event(req.id, -1, "", True, "error", len(req.prompt), len(req.out.token_ids),
+                            error=f"{type(exc).__name__}: {exc}"))
 
     def _free(self, req: _Request) -> None:
         self.slots[req.slot] = None
@@ -359,12 +391,12 @@ class Engine:
         width = 0  # longest prompt in the group
         for req in admitted:
             if group and max(width, len(req.prompt)) * (len(group) + 1) > PREFILL_TOKENS:
-                self._prefill(group, events)
+                self._isolated(self._prefill, group, events)
                 group, width = [], 0
             group.append(req)
             width = max(width, len(req.prompt))
         if group:
-            self._prefill(group, events)
+            self._isolated(self._prefill, group, events)
         return {r.id for r in admitted}
 
     def _prefill(self, reqs: list[_Request], events: list[Event]) -> None:
@@ -389,9 +421,7 @@ class Engine:
                                 rows=rows, return_hidden=True)
             last = hidden[torch.arange(len(reqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
             logits = self.model.head(last)
-        for req, token in zip(reqs, self._sample(logits, reqs)):
-            req.pos = len(req.prompt)
-            events.append(self._accept(req, token))
+        self._emit(logits, reqs, [len(r.prompt) for r in reqs], events)
 
     def _decode(self, rows: list[_Request], events: list[Event]) -> None:
         import torch
@@ -404,24 +434,35 @@ class Engine:
                                 cache=self._row_caches[req.slot], logits_to_keep=1)
             last = logits[:, -1]
         else:
-            # one forward over the contiguous slot range; free slots inside it get a dummy token
-            # at position 0 (harmless: a later prefill overwrites it)
-            lo, hi = rows[0].slot, rows[-1].slot + 1
-            toks, pos = [0] * (hi - lo), [0] * (hi - lo)
-            for r in rows:
-                toks[r.slot - lo], pos[r.slot - lo] = r.next_token, r.pos
-            idx = torch.tensor(toks, dtype=torch.long, device=self.device).view(-1, 1)
-            input_pos = torch.tensor(pos, dtype=torch.long, device=self.device).view(-1, 1)
-            cache = self._cache_view(lo, hi)
-            logits = self.model(idx, input_pos=input_pos, cache=cache, logits_to_keep=1)
-            last = logits[:, -1]
-            if hi - lo != len(rows):
-                last = last[torch.tensor([r.slot - lo for r in rows], device=self.device)]
-        for r in rows:
-            r.pos += 1
-        tokens = self._sample(last, rows)
-        for r, t in zip(rows, tokens):
-            events.append(self._accept(r, t))
+            # the active rows only, each at its own cache row and position: free slots between
+            # them are neither computed nor written (a request admitted there keeps its prefill)
+            idx = torch.tensor([[r.next_token] for r in rows], dtype=torch.long, device=self.device)
+            input_pos = torch.tensor([[r.pos] for r in rows], dtype=torch.long, device=self.device)
+            slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
+            last = self.model(idx, input_pos=input_pos, cache=self.cache, rows=slots, logits_to_keep=1)[:, -1]
+        self._emit(last, rows, [r.pos + 1 for r in rows], events)
+
+    def _emit(self, logits: torch.Tensor, rows: list[_Request], positions: list[int], events: list[Event]) -> None:
+        """Sample each row's next token from its logits (B, V) and record it; the row's cache now
+        holds everything before `positions`. A row whose sampling or output fails fails alone."""
+        try:
+            tokens = self._sample(logits, rows)
+        except Exception:  # one row's settings: sample row by row to find it
+            tokens = []
+            for i, r in enumerate(rows):
+                try:
+                    tokens.append(self._sample(logits[i:i + 1], [r])[0])
+                except Exception as e:
+                    self._fail(r, e, events)
+                    tokens.append(None)
+        for r, t, p in zip(rows, tokens, positions):
+            if t is None:
+                continue
+            r.pos = p
+            try:
+                events.append(self._accept(r, t))
+            except Exception as e:
+                self._fail(r, e, events)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Request]) -> list[int]:
         histories = None
@@ -453,14 +494,20 @@ class Engine:
         texts: dict[str, list[str]] = {i: [] for i in ids}
         tokens: dict[str, list[int]] = {i: [] for i in ids}
         reasons: dict[str, FinishReason | None] = {}
+        errors: list[str] = []
         while self.has_work():
             for ev in self.step():
                 if ev.request_id not in texts:
                     continue  # another caller's request sharing this engine
+                if ev.error is not None:
+                    errors.append(ev.error)
+                    continue
                 texts[ev.request_id].append(ev.text)
                 tokens[ev.request_id].append(ev.token_id)
                 if ev.finished:
                     reasons[ev.request_id] = ev.finish_reason
+        if errors:
+            raise LmforgeError(f"generation failed: {errors[0]}")
         return [Completion("".join(texts[i]), tokens[i], reasons.get(i), len(p)) for i, p in zip(ids, prompts)]
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Iterator[Event]:
@@ -470,6 +517,8 @@ class Engine:
             while True:
                 for ev in self.step():
                     if ev.request_id == rid:
+                        if ev.error is not None:
+                            raise LmforgeError(f"generation failed: {ev.error}")
                         yield ev
                         if ev.finished:
                             return

@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 
 from lmforge.errors import LmforgeError
 
+# a temperature below this samples like temperature 0 (greedy): dividing logits by a denormal
+# overflows to inf and the probabilities to NaN, and the distribution is one-hot long before that
+GREEDY_TEMPERATURE = 1e-5
+
 if TYPE_CHECKING:
     import torch
 
@@ -25,7 +29,7 @@ class SamplingParams:
 
     Attributes:
         max_new_tokens: Stop after this many generated tokens.
-        temperature: 0 for greedy decoding; > 0 divides the logits before sampling.
+        temperature: 0 (or below `GREEDY_TEMPERATURE`) for greedy decoding; else divides the logits.
         top_k: Keep only the k most likely tokens (None or 0: all).
         top_p: Nucleus sampling: smallest set of tokens whose probability sums to >= top_p (1.0: off).
         min_p: Drop tokens whose probability is below `min_p * p_max` (0.0: off).
@@ -59,20 +63,22 @@ class SamplingParams:
             raise SamplingError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not self.temperature >= 0:
             raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature == float("inf"):
+            raise SamplingError("temperature must be finite, got inf")
         if self.top_k is not None and self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise SamplingError(f"min_p must be in [0, 1], got {self.min_p}")
-        if not self.repetition_penalty > 0:
-            raise SamplingError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 < self.repetition_penalty < float("inf"):
+            raise SamplingError(f"repetition_penalty must be > 0 and finite, got {self.repetition_penalty}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise SamplingError(f"stop must be a list of non-empty strings, got {self.stop!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
         import torch
@@ -80,7 +86,7 @@ class SamplingParams:
         if self.seed is None:
             return None
         g = torch.Generator(device=device)
-        g.manual_seed(self.seed)
+        g.manual_seed(int(self.seed) % 2**64)  # any integer: manual_seed takes [0, 2**64)
         return g
 
 
@@ -93,6 +99,9 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, history: torch.
         seen = logits.gather(0, history)
         seen = torch.where(seen < 0, seen * params.repetition_penalty, seen / params.repetition_penalty)
         logits = logits.scatter(0, history, seen)
+        # an extreme penalty overflows to ±inf (5e-324 divides a logit into inf): keep the order
+        big = torch.finfo(logits.dtype).max
+        logits = logits.nan_to_num(nan=float("-inf"), posinf=big, neginf=-big)
     if params.greedy:
         return logits
     logits = logits / params.temperature
@@ -139,9 +148,10 @@ def sample(
     for b in range(B):
         p = params[b]
         row = process_logits(logits[b], p, histories[b] if histories else None)
-        if p.greedy:
-            out[b] = row.argmax()
+        probs = None if p.greedy else row.softmax(-1)
+        if probs is None or not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+            out[b] = row.argmax()  # greedy, or nothing left to sample from: the most likely token
         else:
             g = generators[b] if generators else None
-            out[b] = torch.multinomial(row.softmax(-1), 1, generator=g)[0]
+            out[b] = torch.multinomial(probs, 1, generator=g)[0]
     return out

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge._io import atomic_write_text
+from lmforge._io import atomic_write_text, lmforge_home
 from lmforge.errors import LmforgeError
 
 _MARKER = ".lmforge-asset.json"  # written last: its presence means the asset folder is complete
@@ -374,20 +374,8 @@ def _download(asset: Asset, dest: Path) -> Path:
 # the cache
 
 
-def lmforge_home() -> Path:
-    """`$LMFORGE_HOME`, default `~/.cache/lmforge` (read at each call, so tests can redirect it)."""
-    return Path(os.environ.get("LMFORGE_HOME") or Path.home() / ".cache" / "lmforge").expanduser()
-
-
 def assets_dir() -> Path:
     return lmforge_home() / "assets"
-
-
-def asset_path(name: str) -> Path:
-    """Where `fetch_asset(name)` puts (or finds) the asset, without fetching it."""
-    asset = _get(name)
-    folder = assets_dir() / name
-    return folder / asset.result if asset.result else folder
 
 
 def _get(name: str) -> Asset:

@@ -13,12 +13,11 @@ a `.gguf` file, or an HF hub repo id (`org/name`, downloaded with huggingface_hu
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lmforge._io import atomic_write, atomic_write_text, read_json
+from lmforge._io import atomic_write, atomic_write_text, lmforge_home, parse_dtype, read_json
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
 
@@ -30,11 +29,6 @@ if TYPE_CHECKING:
 
 SourceKind = Literal["lmforge", "hf", "gguf", "repo"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def lmforge_home() -> Path:
-    """Root of lmforge's cache (`$LMFORGE_HOME`, default `~/.cache/lmforge`)."""
-    return Path(os.environ.get("LMFORGE_HOME", Path.home() / ".cache" / "lmforge"))
 
 
 def detect_source(source: str | Path) -> SourceKind:
@@ -58,18 +52,6 @@ def detect_source(source: str | Path) -> SourceKind:
     if isinstance(source, str) and _REPO_ID.match(source) and not source.startswith((".", "/")):
         return "repo"
     raise LmforgeError(f"{source}: no such file or directory (pass a checkpoint dir, a .gguf file or an HF repo id)")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-    if dtype not in names:
-        raise LmforgeError(f"dtype {dtype!r} is not supported (use one of: float32, bfloat16, float16)")
-    return names[dtype]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -214,7 +196,7 @@ def load_source(
     if quantize not in (None, "none", "int8", "bf16", "fp32"):
         raise LmforgeError(f"unknown quantize mode {quantize!r} (use one of none, int8, bf16, fp32)")
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = parse_dtype(dtype, LmforgeError) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config, sd, tokenizer = load_source_parts(source)
     sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in sd.items()}
     model = GPT.from_state_dict(config, sd, source=str(source))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -271,10 +270,3 @@ def _suggest(word: str, options: set[str]) -> str:
     close = difflib.get_close_matches(word, sorted(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
-
-def humanize_count(n: int) -> str:
-    """1234567 -> '1.23M'."""
-    if n < 1000:
-        return str(n)
-    exp = min(int(math.log10(n) // 3), 4)
-    return f"{n / 10 ** (3 * exp):.3g}{' KMBT'[exp]}"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge._io import parse_dtype
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
 
@@ -196,7 +197,7 @@ def load_gguf(
     arch = _ARCHS[arch_name]
     tensors = {t.name: t for t in reader.tensors}
     config = _config_from_gguf(meta, arch_name, arch, tensors)
-    out_dtype = _torch_dtype(dtype)
+    out_dtype = parse_dtype(dtype, GGUFError) or torch.float32
 
     state: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
@@ -208,21 +209,6 @@ def load_gguf(
     has_vocab = "tokenizer.ggml.tokens" in reader.fields
     del reader, tensors  # release the memory map before the tokenizer reads the file again
     return config, state, _load_tokenizer(path) if has_vocab else None
-
-
-def _torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"f32": "float32", "fp32": "float32", "f16": "float16", "fp16": "float16", "bf16": "bfloat16"}
-    name = aliases.get(str(dtype), str(dtype).removeprefix("torch."))
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise GGUFError(f"dtype {dtype!r} is not a floating-point torch dtype")
-    return value
 
 
 def _dequantize(t, path: Path) -> torch.Tensor:

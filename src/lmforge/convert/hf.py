@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge._io import atomic_write, atomic_write_text
+from lmforge._io import atomic_write, atomic_write_text, parse_dtype
 from lmforge.config import Config, ConfigError
 from lmforge.errors import LmforgeError
 
@@ -477,18 +477,6 @@ def read_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, str]]:
                 yield key, tensor, str(f)
 
 
-def _torch_dtype(dtype: Any) -> torch.dtype | None:
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    value = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise LmforgeError(f"dtype {dtype!r} is not a torch floating-point dtype (try float32, bfloat16, float16)")
-    return value
-
-
 def load_hf_checkpoint(path: str | Path, config: Config | None = None,
                        dtype: torch.dtype | str | None = None) -> tuple[Config, dict[str, torch.Tensor]]:
     """Load an HF model directory (`config.json` + safetensors or `.bin` weights, sharded or not).
@@ -509,7 +497,7 @@ def load_hf_checkpoint(path: str | Path, config: Config | None = None,
     if not path.exists():
         raise LmforgeError(f"{path}: no such file or directory")
     model_dir = path if path.is_dir() else path.parent
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = parse_dtype(dtype, LmforgeError)
     if config is None:
         config_file = model_dir / "config.json"
         if not config_file.is_file():

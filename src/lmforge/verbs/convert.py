@@ -28,11 +28,12 @@ def convert(
     """
     import torch
 
-    from lmforge.checkpoint import load_source_parts, resolve_dtype
+    from lmforge._io import parse_dtype
+    from lmforge.checkpoint import load_source_parts
 
     config, sd, tokenizer = load_source_parts(source)
     if dtype is not None:
-        cast = resolve_dtype(dtype)
+        cast = parse_dtype(dtype, LmforgeError)
         sd = {k: v.to(cast) if v.is_floating_point() else v for k, v in sd.items()}
     out_path = Path(out)
     if out_path.exists() and out_path.is_file() and to != "gguf":

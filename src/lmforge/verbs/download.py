@@ -15,7 +15,7 @@ def download(repo_id: str, out: str | None = None, revision: str | None = None, 
         token: HF access token for gated repos (default: $HF_TOKEN / the huggingface_hub login).
     """
     from lmforge.checkpoint import download as hub_download
-    from lmforge.checkpoint import lmforge_home
+    from lmforge._io import lmforge_home
     from lmforge.verbs.convert import convert
 
     local = hub_download(repo_id, revision=revision, token=token)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from functools import partial
 
+import helpers
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,14 @@ from hypothesis import strategies as st
 
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
-from lmforge.generate import Engine, SpeculativeStats, StopMatcher, generate, speculative_generate, stream
+from lmforge.generate import (
+    Engine,
+    SpeculativeStats,
+    StopMatcher,
+    generate,
+    speculative_generate,
+    stream,
+)
 from lmforge.model import GPT
 from lmforge.sampling import SamplingParams
 
@@ -40,12 +48,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_gpt(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    cfg = Config(**{**dict(vocab_size=VOCAB, n_layer=2, n_embd=64, n_head=4, n_query_groups=2, block_size=128), **kw})
-    model = GPT(cfg)
-    model.init_weights(std=0.3)  # large weights: confident, varied next-token choices
-    return model.eval()
+# large weights: confident, varied next-token choices
+tiny_gpt = partial(helpers.tiny_gpt, std=0.3, vocab_size=VOCAB, n_query_groups=2, block_size=128)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_gpt
 
 from lmforge.config import Config
 from lmforge.convert.gguf import export_gguf, load_gguf
@@ -50,14 +51,7 @@ class _VocabOnly:
 
 
 def _tiny_model(family: str, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(Config(name=f"tiny-{family}", **{**TINY, **FAMILIES[family]}))
-    model.init_weights(std=0.2)
-    with torch.no_grad():  # non-trivial norms and biases, so a mix-up of any of them shows
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.normal_(1.0 if "norm" in name else 0.0, 0.2)
-    return model.eval()
+    return tiny_gpt(seed=seed, vector_noise=0.2, name=f"tiny-{family}", **{**TINY, **FAMILIES[family]})
 
 
 def _from_state(config: Config, state: dict) -> GPT:

@@ -2,46 +2,19 @@
 
 import pytest
 import torch
+from helpers import tiny_gpt
 
 from lmforge.config import Config, ConfigError
-from lmforge.model import GPT
-
-FAMILIES = {
-    "llama-gqa": dict(n_query_groups=2),
-    "neox-parallel": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu", parallel_residual=True,
-                          rotary_percentage=0.25, attn_bias=True, attn_out_bias=True, mlp_bias=True),
-    "phi-shared-norm": dict(norm_class="layernorm", mlp_class="mlp", parallel_residual=True, shared_attention_norm=True,
-                            rotary_percentage=0.5, attn_bias=True, lm_head_bias=True),
-    "gpt2-learned": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu_tanh", position_embedding="learned",
-                         attn_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True),
-    "gemma2-like": dict(norm_unit_offset=True, scale_embeddings=True, post_norm=True, attn_logit_softcap=50.0,
-                        final_logit_softcap=30.0, sliding_window=5, sliding_window_pattern=2, activation="gelu_tanh",
-                        head_size=24, attn_scale_base=20.0, tie_embeddings=True),
-    "olmo2-like": dict(pre_norm=False, post_norm=True, qk_norm="full"),
-    "qwen3-like": dict(qk_norm="head", n_query_groups=2),
-    "mistral-window": dict(sliding_window=4),
-    "mixtral-moe": dict(mlp_class="moe", n_expert=4, n_expert_per_token=2, n_query_groups=2),
-}
 
 
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    cfg = Config(**{"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 97, "block_size": 64, **kw})
-    model = GPT(cfg)
-    model.init_weights(std=0.2)  # larger std: differences show up in the logits
-    return model.eval()
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_param_count_matches_module(family):
-    model = tiny(**FAMILIES[family])
+def test_param_count_matches_module(family_model):
+    _, model = family_model
     assert sum(p.numel() for p in model.parameters()) == model.config.num_parameters()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_kv_cache_decoding_equals_full_forward(family):
-    model = tiny(**FAMILIES[family])
-    x = torch.randint(0, 97, (2, 13))
+def test_kv_cache_decoding_equals_full_forward(family_model):
+    _, model = family_model
+    x = torch.randint(0, 96, (2, 13))
     with torch.no_grad():
         full = model(x)
         cache = model.new_kv_cache(2, 32)
@@ -52,8 +25,8 @@ def test_kv_cache_decoding_equals_full_forward(family):
 
 def test_rows_at_different_positions_share_one_cache():
     """Two prompts of different lengths decoded together equal each decoded alone (no left padding)."""
-    model = tiny(sliding_window=4, n_query_groups=2)
-    a, b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))
+    model = tiny_gpt(sliding_window=4, n_query_groups=2)
+    a, b = torch.randint(0, 96, (1, 9)), torch.randint(0, 96, (1, 5))
     with torch.no_grad():
         ref_a, ref_b = model(a)[0, -1], model(b)[0, -1]
         cache = model.new_kv_cache(2, 16)
@@ -71,19 +44,19 @@ def test_rows_at_different_positions_share_one_cache():
 
 def test_sliding_window_limits_attention():
     """A token beyond the window no longer influences the last position."""
-    model = tiny(sliding_window=3, n_layer=1)
-    x = torch.randint(0, 97, (1, 8))
+    model = tiny_gpt(sliding_window=3, n_layer=1)
+    x = torch.randint(0, 96, (1, 8))
     y = x.clone()
-    y[0, 0] = (x[0, 0] + 1) % 97
+    y[0, 0] = (x[0, 0] + 1) % 96
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0, -1], model(y)[0, -1])
         assert not torch.allclose(model(x)[0, 1], model(y)[0, 1])
 
 
 def test_replaceable_head_and_logits_to_keep():
-    model = tiny()
+    model = tiny_gpt()
     model.lm_head = torch.nn.Linear(64, 2)
-    out = model(torch.randint(0, 97, (3, 7)), logits_to_keep=1)
+    out = model(torch.randint(0, 96, (3, 7)), logits_to_keep=1)
     assert out.shape == (3, 1, 2)
 
 
@@ -93,7 +66,7 @@ def test_errors():
     with pytest.raises(ConfigError, match="unknown config key 'n_layers'.*n_layer"):
         Config.from_dict({"n_layers": 2})
     with pytest.raises(ValueError, match="block_size"):
-        tiny()(torch.zeros(1, 65, dtype=torch.long))
-    model = tiny()
+        tiny_gpt()(torch.zeros(1, 65, dtype=torch.long))
+    model = tiny_gpt()
     with pytest.raises(ValueError, match="KV cache"):
         model(torch.zeros(1, 1, dtype=torch.long), torch.tensor([8]), model.new_kv_cache(1, 8))

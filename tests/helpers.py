@@ -1,0 +1,55 @@
+"""Shared test builders: tiny random GPTs and the table of block variants (imported by the tests and
+re-exported as fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.config import Config
+from lmforge.model import GPT
+
+TINY = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, block_size=64)
+
+# every block variant the one GPT class expresses, by the family it stands for
+FAMILIES: dict[str, dict] = {
+    "llama-gqa": dict(n_query_groups=2),
+    "qwen3-qknorm-bias": dict(n_query_groups=1, qk_norm="head", attn_bias=True, head_size=32),
+    "pythia-parallel": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu", parallel_residual=True,
+                            shared_attention_norm=False, rotary_percentage=0.25, attn_bias=True,
+                            attn_out_bias=True, mlp_bias=True),
+    "phi2-shared-norm": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu_tanh",
+                             parallel_residual=True, shared_attention_norm=True, rotary_percentage=0.5,
+                             attn_bias=True, attn_out_bias=True, mlp_bias=True, lm_head_bias=True),
+    "gpt2-learned": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu_tanh",
+                         position_embedding="learned", attn_bias=True, attn_out_bias=True, mlp_bias=True,
+                         tie_embeddings=True),
+    "relu-mlp": dict(mlp_class="mlp", activation="relu"),
+    "softcapped-head": dict(n_query_groups=2, final_logit_softcap=5.0),
+    "gemma2-like": dict(norm_unit_offset=True, scale_embeddings=True, post_norm=True, attn_logit_softcap=50.0,
+                        final_logit_softcap=30.0, sliding_window=5, sliding_window_pattern=2,
+                        activation="gelu_tanh", head_size=24, attn_scale_base=20.0, tie_embeddings=True),
+    "olmo2-like": dict(pre_norm=False, post_norm=True, qk_norm="full"),
+    "mistral-window": dict(sliding_window=4),
+    "mixtral-moe": dict(mlp_class="moe", n_expert=4, n_expert_per_token=2, n_query_groups=2),
+}
+# the variants whose every layer the one-call CPU decoder runs (lmforge.fast_decode.unsupported)
+KERNEL_FAMILIES = ["llama-gqa", "qwen3-qknorm-bias", "pythia-parallel", "phi2-shared-norm", "gpt2-learned",
+                   "relu-mlp", "softcapped-head"]
+
+
+def tiny_gpt(family: str | None = None, seed: int = 0, std: float = 0.2, vector_noise: float = 0.0,
+             **overrides) -> GPT:
+    """A small random GPT in eval mode: `TINY` + the family's fields + `overrides`.
+
+    `std` sets the init scale (large: confident, varied next-token choices, so differences show);
+    `vector_noise` adds N(0, noise) to every norm weight and bias, so a mix-up of any of them shows.
+    """
+    torch.manual_seed(seed)
+    model = GPT(Config(**{**TINY, **(FAMILIES[family] if family else {}), **overrides}))
+    model.init_weights(std=std)
+    if vector_noise:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.add_(torch.randn_like(p) * vector_noise)
+    return model.eval()

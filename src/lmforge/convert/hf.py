@@ -358,14 +358,17 @@ def _match(rules, key: str) -> tuple[dict[str, str], Rule] | None:
     return None
 
 
-def hf_key_for(our_key: str, config: Config) -> str:
-    """The HF key that holds `our_key` in an exported checkpoint (for error messages)."""
+def hf_key_for(our_key: str, config: Config, renames_only: bool = False) -> str | None:
+    """The HF key that holds `our_key` in an exported checkpoint. With `renames_only`, None unless
+    the HF tensor is exactly ours under another name (not a fused or transposed one)."""
     for hf_template, rule in converter_for(config).weights.items():
+        if renames_only and not isinstance(rule, str):
+            continue
         for template in (rule,) if isinstance(rule, str) else (rule.ours if rule else ()):
             m = _pattern(template).fullmatch(our_key)
             if m:
                 return hf_template.format(i=m.groupdict().get("i"), e=m.groupdict().get("e"))
-    return our_key
+    return None if renames_only else our_key
 
 
 # ---------------------------------------------------------------------------------------------

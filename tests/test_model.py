@@ -70,3 +70,22 @@ def test_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="KV cache"):
         model(torch.zeros(1, 1, dtype=torch.long), torch.tensor([8]), model.new_kv_cache(1, 8))
+
+
+def test_packed_documents_equal_each_alone(family_model):
+    """Packing: no attention across documents and positions restarting per document, so each packed
+    document's logits equal the document run alone (the packed loss is the unpacked one)."""
+    _, model = family_model
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(0, 96, (n,), generator=g) for n in (5, 3, 9, 1)]
+    packed = torch.cat(docs)[None]
+    segments = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
+    with torch.no_grad():
+        out = model(torch.cat([packed, packed.flip(1)]), segments=torch.cat([segments, segments.flip(1)]))
+        start = 0
+        for d in docs:
+            torch.testing.assert_close(out[0, start:start + len(d)], model(d[None])[0], atol=1e-5, rtol=1e-5)
+            start += len(d)
+        torch.testing.assert_close(out[1, :1], model(docs[-1].flip(0)[None])[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="segments"):
+        model(packed, input_pos=torch.arange(packed.size(1)), segments=segments)

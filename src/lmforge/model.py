@@ -310,6 +310,16 @@ class Block(nn.Module):
         return x + h
 
 
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions that restart at 0 wherever the document id in `segments` changes."""
+    B, T = segments.shape
+    i = torch.arange(T, device=segments.device).expand(B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, i, torch.zeros_like(i)).cummax(dim=1).values
+    return i - first
+
+
 @dataclass
 class _Context:
     """Per-forward state shared by every layer (positions, masks, cache)."""
@@ -407,6 +417,7 @@ class GPT(nn.Module):
         rows: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         return_hidden: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the model.
 
@@ -418,13 +429,21 @@ class GPT(nn.Module):
             rows: which cache rows the B inputs belong to (continuous batching); default all.
             logits_to_keep: if > 0, compute the head only for the last that many positions.
             return_hidden: return the final normed hidden states (B, T, d) instead of logits.
+            segments: (B, T) document index of each token, for packed sequences (training, no
+                cache): a token attends only to earlier tokens of its own document, and positions
+                restart at 0 where a document starts. Equal ids must be contiguous.
 
         Returns:
             logits (B, T', vocab) — or whatever the (replaceable) `lm_head` outputs.
         """
         cfg = self.config
         B, T = idx.shape
-        if input_pos is None:
+        if segments is not None:
+            if input_pos is not None or cache is not None:
+                raise ValueError("segments (packed sequences) work without input_pos and cache")
+            pos = segment_positions(segments)
+            default_pos = False
+        elif input_pos is None:
             if T > cfg.block_size:
                 raise ValueError(f"sequence of {T} tokens exceeds the model's block_size {cfg.block_size}")
             pos = torch.arange(T, device=idx.device).expand(B, T)
@@ -442,11 +461,13 @@ class GPT(nn.Module):
         else:
             # (B, 1, T, n_rot) each; sin has its first half negated. Default positions need no
             # pos.max() (a host sync, and a graph break under torch.compile)
-            cos, sin = self._rope(pos, x.dtype, need=T if default_pos else None)
+            cos, sin = self._rope(pos, x.dtype, need=T if default_pos or segments is not None else None)
 
         fast = self.__dict__.get("fast_decode")  # decoding steps and prefills on CPU (lmforge.fast_decode)
         done = None
-        if fast is not None and T == 1 and cache is not None and not torch.is_grad_enabled():
+        if segments is not None:
+            fast = None  # the fast paths attend by position alone
+        elif fast is not None and T == 1 and cache is not None and not torch.is_grad_enabled():
             # (logits, True), (normed hidden, False), or None: not applicable, take the layer loop
             done = fast(self, x, pos, cache, rows, cos, sin, not return_hidden)
         if done is not None:
@@ -454,7 +475,7 @@ class GPT(nn.Module):
             if is_logits:
                 return x
         else:
-            ctx = self._context(pos, cache, rows, default_pos)
+            ctx = self._context(pos, cache, rows, default_pos, segments)
             hidden = None
             if fast is not None and not torch.is_grad_enabled():
                 # the same layers with reused buffers (prefill, scoring); None: not applicable
@@ -502,10 +523,16 @@ class GPT(nn.Module):
         cos, sin = table[0][pos], table[1][pos]  # (B, T, n_rot)
         return cos[:, None], sin[:, None]
 
-    def _context(self, pos: torch.Tensor, cache: KVCache | None, rows, default_pos: bool) -> _Context:
+    def _context(self, pos: torch.Tensor, cache: KVCache | None, rows, default_pos: bool,
+                 segments: torch.Tensor | None = None) -> _Context:
         cfg = self.config
         B, T = pos.shape
         window = cfg.sliding_window
+        if segments is not None:  # packed documents: causal within each, nothing across
+            i = torch.arange(T, device=pos.device)
+            mask = ((segments[:, :, None] == segments[:, None, :]) & (i[None, :, None] >= i[None, None, :]))[:, None]
+            sliding = mask & (i[:, None] - i[None, :] < window) if window is not None else None
+            return _Context(pos, None, None, T, mask, sliding, causal=False)
         if cache is None:
             if not default_pos:
                 raise ValueError("input_pos without a cache is not supported; pass a KVCache")

@@ -408,3 +408,67 @@ def test_train_verb_errors(tmp_path):
         train([str(tmp_path / "missing.txt")], str(tmp_path / "o"))
     with pytest.raises(LmforgeError, match="no training files"):
         train([], str(tmp_path / "o"))
+
+
+def _train_cli(path: Path, out: Path) -> str | None:
+    """`lmforge tokenizer train PATH OUT` through the CLI: None on success, else its exit message."""
+    from lmforge.cli import main
+
+    try:
+        main(["tokenizer", "train", str(path), str(out), "--vocab_size", "300"])
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+BAD_TEXT = {
+    "image.txt": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",  # binary: NUL bytes
+    "latin1.txt": "café au lait".encode("latin-1"),  # text, but not UTF-8
+    "latin1.jsonl": b'{"text": "caf\xe9"}\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TEXT))
+def test_train_verb_rejects_text_that_is_not_utf8(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(BAD_TEXT[name])
+    msg = _train_cli(path, tmp_path / "tok")
+    assert msg is not None and msg.startswith(f"error: {path}: ") and "(not UTF-8 text" in msg, msg
+    assert "\n" not in msg and "LMFORGE_DEBUG" not in msg  # one line, not a bug report
+    assert not (tmp_path / "tok").exists()  # no tokenizer written
+
+
+def test_train_verb_on_random_bytes(tmp_path_factory):
+    """Any bytes as a .txt/.jsonl corpus: valid UTF-8 trains or fails with one line; invalid UTF-8 always
+    fails naming the file; never a traceback."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    corpus = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode))
+    outcomes = {"trained": 0, "not UTF-8": 0}
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=corpus, suffix=st.sampled_from([".txt", ".jsonl"]))
+    def check(data: bytes, suffix: str) -> None:
+        d = tmp_path_factory.mktemp("fuzz")
+        path, out = d / f"corpus{suffix}", d / "tok"
+        path.write_bytes(data)
+        msg = _train_cli(path, out)
+        try:
+            data.decode("utf-8")
+            utf8 = b"\0" not in data
+        except UnicodeDecodeError:
+            utf8 = False
+        if msg is None:
+            assert utf8 and Tokenizer.from_dir(out).vocab_size <= 300
+            outcomes["trained"] += 1
+            return
+        assert msg.startswith("error: ") and "\n" not in msg and "LMFORGE_DEBUG" not in msg, msg
+        assert not out.exists()
+        if not utf8:
+            assert msg.startswith(f"error: {path}: ") and "(not UTF-8 text" in msg, msg
+            outcomes["not UTF-8"] += 1
+
+    check()
+    assert min(outcomes.values()) >= 5, outcomes  # both ways were taken

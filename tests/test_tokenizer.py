@@ -555,3 +555,33 @@ def test_gguf_header_on_damaged_files(small_gguf, tmp_path_factory):
     cut.write_bytes(good[: len(good) // 3])
     with pytest.raises(LmforgeError, match=r"cut\.gguf: truncated or corrupt GGUF file \("):
         Tokenizer.from_gguf(cut)
+
+
+# ---------------------------------------------------------------------------------------------
+# lmforge.data.corpus: texts cut into pieces tokenize as the whole text
+
+
+def test_text_pieces_pre_tokenize_like_the_whole_text():
+    """Piece-wise pre-tokenization (how prepare tokenizes and the trainer counts) equals the whole
+    text's, for GPT-2's, SmolLM's, Llama-3's and Qwen2's pre-tokenizers."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lmforge.data.corpus import text_pieces
+    from lmforge.tokenizer.base import pre_tokenizer
+
+    kinds = {k: pre_tokenizer(k) for k in ("gpt2", "digits", "llama3", "qwen2")}
+    atoms = st.sampled_from(["word", "Émile", "12345", ".", "!?", "'s", " ", "  ", "\t", "\n", "\r\n", "🦙"])
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(parts=st.lists(atoms, max_size=60), chunk_chars=st.integers(1, 12), split=st.integers(0, 200))
+    def check(parts: list[str], chunk_chars: int, split: int) -> None:
+        text = "".join(parts)
+        stream = iter([text[:split], text[split:]])  # the reader's chunks end anywhere
+        pieces = list(text_pieces(stream, chunk_chars))
+        assert "".join(pieces) == text
+        for kind, pt in kinds.items():
+            whole = [w for w, _ in pt.pre_tokenize_str(text)]
+            assert [w for p in pieces for w, _ in pt.pre_tokenize_str(p)] == whole, (kind, pieces)
+
+    check()

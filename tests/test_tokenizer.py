@@ -408,3 +408,180 @@ def test_train_verb_errors(tmp_path):
         train([str(tmp_path / "missing.txt")], str(tmp_path / "o"))
     with pytest.raises(LmforgeError, match="no training files"):
         train([], str(tmp_path / "o"))
+
+
+def _train_cli(path: Path, out: Path) -> str | None:
+    """`lmforge tokenizer train PATH OUT` through the CLI: None on success, else its exit message."""
+    from lmforge.cli import main
+
+    try:
+        main(["tokenizer", "train", str(path), str(out), "--vocab_size", "300"])
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+BAD_TEXT = {
+    "image.txt": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",  # binary: NUL bytes
+    "latin1.txt": "café au lait".encode("latin-1"),  # text, but not UTF-8
+    "latin1.jsonl": b'{"text": "caf\xe9"}\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TEXT))
+def test_train_verb_rejects_text_that_is_not_utf8(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(BAD_TEXT[name])
+    msg = _train_cli(path, tmp_path / "tok")
+    assert msg is not None and msg.startswith(f"error: {path}: ") and "(not UTF-8 text" in msg, msg
+    assert "\n" not in msg and "LMFORGE_DEBUG" not in msg  # one line, not a bug report
+    assert not (tmp_path / "tok").exists()  # no tokenizer written
+
+
+def test_train_verb_on_random_bytes(tmp_path_factory):
+    """Any bytes as a .txt/.jsonl corpus: valid UTF-8 trains or fails with one line; invalid UTF-8 always
+    fails naming the file; never a traceback."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    corpus = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode))
+    outcomes = {"trained": 0, "not UTF-8": 0}
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=corpus, suffix=st.sampled_from([".txt", ".jsonl"]))
+    def check(data: bytes, suffix: str) -> None:
+        d = tmp_path_factory.mktemp("fuzz")
+        path, out = d / f"corpus{suffix}", d / "tok"
+        path.write_bytes(data)
+        msg = _train_cli(path, out)
+        try:
+            data.decode("utf-8")
+            utf8 = b"\0" not in data
+        except UnicodeDecodeError:
+            utf8 = False
+        if msg is None:
+            assert utf8 and Tokenizer.from_dir(out).vocab_size <= 300
+            outcomes["trained"] += 1
+            return
+        assert msg.startswith("error: ") and "\n" not in msg and "LMFORGE_DEBUG" not in msg, msg
+        assert not out.exists()
+        if not utf8:
+            assert msg.startswith(f"error: {path}: ") and "(not UTF-8 text" in msg, msg
+            outcomes["not UTF-8"] += 1
+
+    check()
+    assert min(outcomes.values()) >= 5, outcomes  # both ways were taken
+
+
+# ---------------------------------------------------------------------------------------------
+# the GGUF header reader (lmforge.gguf_header), shared with lmforge.convert.gguf
+
+
+@pytest.fixture(scope="session")
+def small_gguf(tmp_path_factory) -> Path:
+    """A small GGUF file holding every kind of value and two tensors, written by the gguf package."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_array("tokenizer.ggml.tokens", ["a", "b", "ab", "<|end|>", "é"])
+    w.add_array("tokenizer.ggml.token_type", [1, 1, 1, 3, 1])
+    w.add_array("tokenizer.ggml.scores", [0.5, -1.0, 2.0, 0.0, 1.5])
+    w.add_array("tokenizer.ggml.merges", ["a b"])
+    w.add_bool("tokenizer.ggml.add_bos_token", False)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 3)
+    w.add_int64("general.some_int", -7)
+    w.add_float64("general.some_float", 0.25)
+    w.add_array("general.nested", [[1, 2], [3]])
+    w.add_tensor("token_embd.weight", np.arange(40, dtype=np.float32).reshape(5, 8))
+    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_header_agrees_with_gguf_package(small_gguf):
+    gguf = pytest.importorskip("gguf")
+    from lmforge.gguf_header import read_gguf_header
+
+    header = read_gguf_header(small_gguf)
+    reader = gguf.GGUFReader(small_gguf)
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert header.metadata.keys() == theirs.keys()
+    # GGUFReader flattens an array of arrays ([1, 2, 3]); the file holds [[1, 2], [3]]
+    assert header.metadata.pop("general.nested") == [[1, 2], [3]] and theirs.pop("general.nested") == [1, 2, 3]
+    for key, value in theirs.items():
+        assert header.metadata[key] == pytest.approx(value) if isinstance(value, float) else header.metadata[key] == value
+    assert [(t.name, t.shape, t.ggml_type, t.offset) for t in header.tensors] == [
+        (t.name, tuple(int(n) for n in t.shape), int(t.tensor_type), t.data_offset) for t in reader.tensors
+    ]
+    assert read_gguf_metadata(small_gguf, prefix="tokenizer.ggml.t") == {
+        k: v for k, v in theirs.items() if k.startswith("tokenizer.ggml.t")
+    }
+
+
+def test_gguf_header_on_damaged_files(small_gguf, tmp_path_factory):
+    """Truncated or byte-flipped GGUF files: the header reader returns or raises one line naming the file."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from lmforge.gguf_header import read_gguf_header
+
+    good = small_gguf.read_bytes()
+    flips = st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), max_size=4)
+
+    @settings(max_examples=200, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(cut=st.integers(0, len(good)), flips=flips)
+    def check(cut: int, flips: list[tuple[int, int]]) -> None:
+        data = bytearray(good)
+        for i, b in flips:
+            data[i] = b
+        path = tmp_path_factory.mktemp("bad") / "damaged.gguf"
+        path.write_bytes(bytes(data[:cut]))
+        for read in (read_gguf_header, read_gguf_metadata):
+            try:
+                read(path)
+            except LmforgeError as e:
+                assert str(e).startswith(f"{path}: ") and "\n" not in str(e), str(e)
+
+    check()
+    cut = small_gguf.parent / "cut.gguf"
+    cut.write_bytes(good[: len(good) // 3])
+    with pytest.raises(LmforgeError, match=r"cut\.gguf: truncated or corrupt GGUF file \("):
+        Tokenizer.from_gguf(cut)
+
+
+# ---------------------------------------------------------------------------------------------
+# lmforge.data.corpus: texts cut into pieces tokenize as the whole text
+
+
+def test_text_pieces_pre_tokenize_like_the_whole_text():
+    """Piece-wise pre-tokenization (how prepare tokenizes and the trainer counts) equals the whole
+    text's, for GPT-2's, SmolLM's, Llama-3's and Qwen2's pre-tokenizers."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lmforge.data.corpus import text_pieces
+    from lmforge.tokenizer.base import pre_tokenizer
+
+    kinds = {k: pre_tokenizer(k) for k in ("gpt2", "digits", "llama3", "qwen2")}
+    atoms = st.sampled_from(["word", "Émile", "12345", ".", "!?", "'s", " ", "  ", "\t", "\n", "\r\n", "🦙"])
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(parts=st.lists(atoms, max_size=60), chunk_chars=st.integers(1, 12), split=st.integers(0, 200))
+    def check(parts: list[str], chunk_chars: int, split: int) -> None:
+        text = "".join(parts)
+        stream = iter([text[:split], text[split:]])  # the reader's chunks end anywhere
+        pieces = list(text_pieces(stream, chunk_chars))
+        assert "".join(pieces) == text
+        for kind, pt in kinds.items():
+            whole = [w for w, _ in pt.pre_tokenize_str(text)]
+            assert [w for p in pieces for w, _ in pt.pre_tokenize_str(p)] == whole, (kind, pieces)
+
+    check()

@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING, Any
 from lmforge._io import parse_dtype
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
+from lmforge.gguf_header import GGUFError, GGUFHeader, read_gguf_header
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from lmforge.tokenizer import Tokenizer
-
-
-class GGUFError(LmforgeError):
-    """A GGUF file cannot be read, is not supported, or a model cannot be written as GGUF."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,36 +117,59 @@ def _from_interleaved(w: torch.Tensor, n_head: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
-def _open_reader(path: Path):
-    import gguf
+@dataclass(frozen=True)
+class _Tensor:
+    """One tensor of the file: its directory entry, and its bytes as a numpy view of the file."""
 
-    if not path.is_file():
-        raise GGUFError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise GGUFError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad bytes
-        raise GGUFError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
+    name: str
+    shape: tuple[int, ...]
+    """ggml order (fastest dimension first), as stored."""
+    tensor_type: Any
+    """A `gguf.GGMLQuantizationType`."""
+    data: np.ndarray
+    """Row-major (HF) shape for plain types; for quantized ones rows of packed blocks, as bytes."""
+
+
+def _tensors(path: Path, header: GGUFHeader) -> dict[str, _Tensor]:
+    """The tensors of the directory, each a view of the memory-mapped file (nothing is read yet)."""
+    import gguf
+    import numpy as np
+
+    plain = {gguf.GGMLQuantizationType.F16: np.float16, gguf.GGMLQuantizationType.F32: np.float32,
+             gguf.GGMLQuantizationType.F64: np.float64, gguf.GGMLQuantizationType.I8: np.int8,
+             gguf.GGMLQuantizationType.I16: np.int16, gguf.GGMLQuantizationType.I32: np.int32,
+             gguf.GGMLQuantizationType.I64: np.int64}
+    file = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray) if header.tensors else None
+    out: dict[str, _Tensor] = {}
+    for info in header.tensors:
+        where = f"tensor {info.name!r}"
+        try:
+            if info.name in out:
+                raise ValueError("a second tensor of this name")
+            qtype = gguf.GGMLQuantizationType(info.ggml_type)
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            n_bytes = math.prod(info.shape) * type_size // block
+            if info.offset + n_bytes > header.file_size:
+                raise ValueError(f"its data ends at byte {info.offset + n_bytes}, past the end of the file")
+            raw = file[info.offset : info.offset + n_bytes]
+            shape = tuple(reversed(info.shape))
+            data = raw.view(plain[qtype]) if qtype in plain else raw
+            data = data.reshape(shape if qtype in plain else gguf.quant_shape_to_byte_shape(shape, qtype))
+        except (ValueError, KeyError) as e:
+            raise GGUFError(f"{path}: truncated or corrupt GGUF file ({where}: {e})") from None
+        out[info.name] = _Tensor(info.name, info.shape, qtype, data)
+    return out
 
 
 class _Meta:
-    """Typed access to a reader's key/value metadata."""
+    """Typed access to the file's key/value metadata."""
 
-    def __init__(self, reader, path: Path) -> None:
-        self.fields = reader.fields
+    def __init__(self, metadata: dict[str, Any], path: Path) -> None:
+        self.values = metadata
         self.path = path
 
     def get(self, key: str, default: Any = None) -> Any:
-        f = self.fields.get(key)
-        if f is None:
-            return default
-        try:
-            return f.contents()
-        except Exception as e:
-            raise GGUFError(f"{self.path}: unreadable metadata {key!r} ({e})") from None
+        return self.values.get(key, default)
 
     def int(self, key: str, default: int | None = None) -> int | None:
         v = self.get(key, default)
@@ -187,15 +208,15 @@ def load_gguf(
     import torch
 
     path = Path(path)
-    reader = _open_reader(path)
-    meta = _Meta(reader, path)
+    header = read_gguf_header(path)
+    meta = _Meta(header.metadata, path)
     arch_name = meta.get("general.architecture")
     if arch_name not in _ARCHS:
         raise GGUFError(
             f"{path}: GGUF architecture {arch_name!r} is not supported (supported: {', '.join(_ARCHS)})"
         )
     arch = _ARCHS[arch_name]
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = _tensors(path, header)
     config = _config_from_gguf(meta, arch_name, arch, tensors)
     out_dtype = parse_dtype(dtype, GGUFError) or torch.float32
 
@@ -206,9 +227,7 @@ def load_gguf(
         for key, value in _tensor_to_ours(name, _dequantize(t, path), config, arch, path):
             state[key] = value.to(out_dtype)
     _check_state_dict(state, config, path)
-    has_vocab = "tokenizer.ggml.tokens" in reader.fields
-    del reader, tensors  # release the memory map before the tokenizer reads the file again
-    return config, state, _load_tokenizer(path) if has_vocab else None
+    return config, state, _load_tokenizer(header.metadata, path)
 
 
 def _dequantize(t, path: Path) -> torch.Tensor:
@@ -224,7 +243,7 @@ def _dequantize(t, path: Path) -> torch.Tensor:
         raise GGUFError(f"{path}: tensor {t.name!r}: {e}") from None
     except Exception as e:
         raise GGUFError(f"{path}: truncated or corrupt GGUF file (tensor {t.name!r}: {e})") from None
-    shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+    shape = tuple(int(n) for n in reversed(t.shape))
     arr = np.ascontiguousarray(data, dtype=np.float32).reshape(shape)
     if not arr.flags.writeable or np.may_share_memory(arr, t.data):
         arr = arr.copy()  # F32 comes back as a view of the read-only memory map: own the memory
@@ -393,14 +412,14 @@ def _check_state_dict(state: dict[str, torch.Tensor], config: Config, path: Path
         raise GGUFError(f"{path}: tensor {extra[0]!r} does not fit the architecture in the metadata")
 
 
-def _load_tokenizer(path: Path) -> Tokenizer | None:
-    try:
-        from lmforge.tokenizer import Tokenizer
+def _load_tokenizer(metadata: dict[str, Any], path: Path) -> Tokenizer | None:
+    """The tokenizer in the file's `tokenizer.*` metadata, or None when it holds no vocabulary."""
+    from lmforge.tokenizer import Tokenizer
 
-        from_gguf = Tokenizer.from_gguf
-    except (ImportError, AttributeError):  # tokenizer module not available in this build
+    if "tokenizer.ggml.tokens" not in metadata:
         return None
-    return from_gguf(path)
+    vocab = {k: v for k, v in metadata.items() if k.startswith("tokenizer.")}
+    return Tokenizer.from_gguf_metadata(vocab, source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ Work happens in two passes over the inputs, both parallel over files:
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -33,7 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge._io import atomic_write_text
-from lmforge.errors import LmforgeError
+from lmforge.data.corpus import (
+    JSONL_SUFFIXES,
+    READ_BYTES,
+    DataError,
+    collect_files,
+    decoded_chunks,
+    jsonl_docs,
+    lines,
+    text_pieces,
+)
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
@@ -41,14 +49,7 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 FORMAT = "lmforge-tokens"
 FORMAT_VERSION = 1
-TEXT_SUFFIXES = (".txt",)
-JSONL_SUFFIXES = (".jsonl",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
-_READ_BYTES = 1 << 20
-
-
-class DataError(LmforgeError):
-    """Bad corpus input or a bad prepared-data directory."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def prepare(
     if shard_tokens < 1 or chunk_chars < 1:
         raise DataError("prepare: shard_tokens and chunk_chars must be positive")
     out = Path(out_dir)
-    files = collect_inputs(inputs)
+    files = collect_files(inputs)
     tok_source = Path(tokenizer)
     tok_sha = tokenizer_sha256(tok_source)
     options = {"text_key": text_key, "val_fraction": val_fraction, "seed": seed, "shard_tokens": shard_tokens}
@@ -181,28 +182,6 @@ def prepare(
 # ---------------------------------------------------------------------------------------------
 # inputs and tokenizer identity
 # ---------------------------------------------------------------------------------------------
-def collect_inputs(inputs: str | Path | list[str] | list[Path]) -> list[Path]:
-    """Expand folders into their *.txt / *.jsonl files (sorted); check every path exists."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    if not items:
-        raise DataError("prepare: no inputs given (pass a folder, a .txt/.jsonl file or a list of them)")
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES)
-            if not found:
-                raise DataError(f"{p}: the folder holds no .txt or .jsonl files")
-            files.extend(found)
-        elif p.is_file():
-            if p.suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES:
-                raise DataError(f"{p}: unsupported input type {p.suffix or '(none)'!r} (use .txt or .jsonl)")
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or directory")
-    return files
-
-
 def tokenizer_sha256(source: Path) -> str:
     """A hash identifying the tokenizer: its files' names and bytes (or the .gguf file's bytes)."""
     h = hashlib.sha256()
@@ -242,7 +221,7 @@ def _vocab_upper_bound(tok: Tokenizer) -> int:
 
 def _hash_file(path: Path, h: Any) -> None:
     with open(path, "rb") as f:
-        while buf := f.read(_READ_BYTES):
+        while buf := f.read(READ_BYTES):
             h.update(buf)
 
 
@@ -259,81 +238,6 @@ def _val_u(seed: int, file_sha: str, doc: int) -> float:
     return int.from_bytes(d, "little") / 2.0**64
 
 
-def _decoded_chunks(path: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield (text, raw bytes) in ~1 MiB pieces; raise naming the file on NUL bytes or bad UTF-8."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(_READ_BYTES)
-            final = not raw
-            nul = raw.find(b"\0")
-            if nul >= 0:
-                raise DataError(f"{path}: binary file (NUL byte at offset {offset + nul}); remove it from the inputs")
-            try:
-                text = decoder.decode(raw, final=final)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not valid UTF-8 (at byte {offset + e.start}); remove it or re-encode it") from None
-            offset += len(raw)
-            if text or raw:
-                yield text, raw
-            if final:
-                return
-
-
-def _jsonl_docs(path: Path, text_key: str, lines: Iterator[str]) -> Iterator[str]:
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict) or text_key not in obj:
-            raise DataError(f"{path}:{lineno}: no {text_key!r} field (choose the field with --text_key)")
-        text = obj[text_key]
-        if not isinstance(text, str):
-            raise DataError(f"{path}:{lineno}: field {text_key!r} is {type(text).__name__}, not a string")
-        if text:
-            yield text
-
-
-def _lines(chunks: Iterator[str]) -> Iterator[str]:
-    rest = ""
-    for text in chunks:
-        rest += text
-        *complete, rest = rest.split("\n")
-        yield from complete
-    if rest:
-        yield rest
-
-
-def _text_pieces(chunks: Iterator[str], chunk_chars: int) -> Iterator[str]:
-    """Re-cut a text stream into pieces of about `chunk_chars`, each ending before a line that starts
-    with a non-space character: byte-level pre-tokenizers never merge across such a boundary, so
-    tokenizing piece by piece gives the same ids as tokenizing the whole text."""
-    buf = ""
-    for text in chunks:
-        buf += text
-        while len(buf) >= chunk_chars:
-            cut = _safe_cut(buf, chunk_chars)
-            if cut <= 0:
-                break
-            yield buf[:cut]
-            buf = buf[cut:]
-    if buf:
-        yield buf
-
-
-def _safe_cut(buf: str, target: int) -> int:
-    i = buf.find("\n", target - 1)
-    while i >= 0 and i + 1 < len(buf):
-        if not buf[i + 1].isspace():
-            return i + 1
-        i = buf.find("\n", i + 1)
-    return -1  # no safe cut yet: read more (a text with no line breaks stays one piece)
-
-
 # ---------------------------------------------------------------------------------------------
 # pass 1: scan
 # ---------------------------------------------------------------------------------------------
@@ -344,13 +248,13 @@ def _scan_file(args: tuple[str, str]) -> dict[str, Any]:
 
     def texts() -> Iterator[str]:
         nonlocal n_bytes
-        for text, raw in _decoded_chunks(path):
+        for text, raw in decoded_chunks(path):
             h.update(raw)
             n_bytes += len(raw)
             yield text
 
     if path.suffix in JSONL_SUFFIXES:
-        docs = sum(1 for _ in _jsonl_docs(path, text_key, _lines(texts())))
+        docs = sum(1 for _ in jsonl_docs(path, text_key, lines(texts())))
     else:
         docs = int(any(t.strip() for t in texts()))  # read to the end even after the first text
     return {"sha256": h.hexdigest(), "bytes": n_bytes, "documents": docs}
@@ -407,19 +311,19 @@ def _tokenize_file(args: tuple) -> dict[str, int]:
         counts[name] += int(arr.size)
 
     def texts() -> Iterator[str]:
-        for text, raw in _decoded_chunks(path):
+        for text, raw in decoded_chunks(path):
             _report(len(raw))
             yield text
 
     try:
         if path.suffix in JSONL_SUFFIXES:
-            for d, doc in enumerate(_jsonl_docs(path, text_key, _lines(texts()))):
+            for d, doc in enumerate(jsonl_docs(path, text_key, lines(texts()))):
                 split = "val" if (_val_u(seed, sha, d) < val_fraction or d == forced_doc) else "train"
                 counts["val_documents"] += split == "val"
                 emit(split, tok.encode(doc, bos=False) + [eos])
         elif n_docs:  # a .txt file is one document (a blank one is none)
             split = "val" if (_val_u(seed, sha, 0) < val_fraction or forced_doc == 0) else "train"
-            for piece in _text_pieces(texts(), chunk_chars):
+            for piece in text_pieces(texts(), chunk_chars):
                 emit(split, tok.encode(piece, bos=False))
             emit(split, [eos])
             counts["val_documents"] += split == "val"

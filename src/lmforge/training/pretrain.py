@@ -904,11 +904,12 @@ def demo_pretrain(out_dir: str | Path, minutes: float = 3.0, vocab_size: int = 4
     corpus = fetch_asset("austen")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
+        from lmforge.data.corpus import iter_texts
         from lmforge.tokenizer import train_bpe
 
         files = sorted(str(p) for p in Path(corpus).glob("*.txt"))
         print(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {len(files)} novels", flush=True)
-        tok = train_bpe(files, vocab_size=vocab_size)
+        tok = train_bpe(iter_texts(files), vocab_size=vocab_size)
         tok.save(tok_dir)
     prepare(str(corpus), tokenizer=str(tok_dir), out_dir=str(out / "data"), val_fraction=0.1, workers=2)
     t0 = time.perf_counter()

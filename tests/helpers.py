@@ -53,3 +53,17 @@ def tiny_gpt(family: str | None = None, seed: int = 0, std: float = 0.2, vector_
                 if p.dim() == 1:
                     p.add_(torch.randn_like(p) * vector_noise)
     return model.eval()
+
+
+def asset(name: str):
+    """`fetch_asset(name)`, or skip the test with the reason when the asset cannot be had (a cold
+    cache with no registry access); `lmforge assets fetch` fills the cache."""
+    import pytest
+
+    from lmforge.assets import fetch_asset
+    from lmforge.errors import LmforgeError
+
+    try:
+        return fetch_asset(name)
+    except LmforgeError as e:
+        pytest.skip(f"asset {name!r} is not available here ({e}); run `lmforge assets fetch` with registry access")

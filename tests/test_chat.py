@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import asset
 
-from lmforge.assets import fetch_asset
 from lmforge.checkpoint import save_checkpoint
 from lmforge.config import Config
 from lmforge.model import GPT
@@ -24,7 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8", "TERM"
 def tokenizer():
     from lmforge.tokenizer import Tokenizer
 
-    return Tokenizer.from_gguf(fetch_asset("smollm2-135m-instruct"))
+    return Tokenizer.from_gguf(asset("smollm2-135m-instruct"))
 
 
 @pytest.fixture(scope="module")

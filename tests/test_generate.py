@@ -13,14 +13,7 @@ from hypothesis import strategies as st
 
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
-from lmforge.generate import (
-    Engine,
-    SpeculativeStats,
-    StopMatcher,
-    generate,
-    speculative_generate,
-    stream,
-)
+from lmforge.generate import Engine, SpeculativeStats, StopMatcher, generate, speculative_generate, stream
 from lmforge.model import GPT
 from lmforge.sampling import SamplingParams
 
@@ -303,10 +296,11 @@ def test_stop_matcher_holds_back_prefixes():
 
 @pytest.fixture(scope="module")
 def smol_tok():
-    from lmforge.assets import fetch_asset
+    from helpers import asset
+
     from lmforge.tokenizer import Tokenizer
 
-    return Tokenizer.from_gguf(fetch_asset("smollm2-135m-instruct"))
+    return Tokenizer.from_gguf(asset("smollm2-135m-instruct"))
 
 
 class ScriptedGPT(GPT):
@@ -369,10 +363,11 @@ def test_stop_strings_in_engine(smol_tok):
 
 
 def test_first_piece_keeps_sentencepiece_space():
-    from lmforge.assets import fetch_asset
+    from helpers import asset
+
     from lmforge.tokenizer import Tokenizer
 
-    spm = Tokenizer.from_gguf(fetch_asset("llama-cpp-vocabs") / "ggml-vocab-llama-spm.gguf")
+    spm = Tokenizer.from_gguf(asset("llama-cpp-vocabs") / "ggml-vocab-llama-spm.gguf")
     prompt = spm.encode("Hello")
     script = spm.encode("Hello world 世界 again", bos=True)[len(prompt):]
     model = ScriptedGPT(spm.vocab_size, prompt + script).eval()
@@ -425,10 +420,11 @@ def test_llm_chat_and_benchmark(smol_llm, smol_tok):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm2():
-    from lmforge.api import LLM
-    from lmforge.assets import fetch_asset
+    from helpers import asset
 
-    return LLM.load(fetch_asset("smollm2-135m-instruct"), device="cpu", dtype="float32")
+    from lmforge.api import LLM
+
+    return LLM.load(asset("smollm2-135m-instruct"), device="cpu", dtype="float32")
 
 
 @pytest.mark.slow
@@ -444,10 +440,11 @@ def test_smollm2_answers_paris(smollm2):
 def test_smollm2_greedy_matches_transformers(smollm2):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    from lmforge.assets import fetch_asset
+    from helpers import asset
+
     from lmforge.prompts import encode_chat
 
-    path = fetch_asset("smollm2-135m-instruct")
+    path = asset("smollm2-135m-instruct")
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     tok = smollm2.tokenizer

@@ -348,9 +348,9 @@ def test_tensor_not_matching_metadata(exported, tmp_path):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def smollm2_file():
-    from lmforge.assets import fetch_asset
+    from helpers import asset
 
-    return fetch_asset("smollm2-135m-instruct")
+    return asset("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
@@ -368,9 +368,9 @@ def smollm2_hf_tokenizer(smollm2_file):
 
 @pytest.fixture(scope="session")
 def austen_text():
-    from lmforge.assets import fetch_asset
+    from helpers import asset
 
-    text = (fetch_asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
+    text = (asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
     return text[100_000:104_000]  # a fixed passage from chapter 3 (> 512 tokens)
 
 

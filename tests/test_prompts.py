@@ -6,11 +6,19 @@ import datetime
 from pathlib import Path
 
 import pytest
+from helpers import asset
 
-from lmforge.assets import fetch_asset
 from lmforge.errors import LmforgeError
-from lmforge.prompts import (PROMPT_STYLES, detect_style, format_chat, get_style, render_template, resolve_style,
-                             stop_strings, stop_tokens)
+from lmforge.prompts import (
+    PROMPT_STYLES,
+    detect_style,
+    format_chat,
+    get_style,
+    render_template,
+    resolve_style,
+    stop_strings,
+    stop_tokens,
+)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -27,13 +35,13 @@ BOS, EOS = "<s>", "</s>"
 def smollm2_template() -> str:
     from gguf import GGUFReader
 
-    field = GGUFReader(fetch_asset("smollm2-135m-instruct")).fields["tokenizer.chat_template"]
+    field = GGUFReader(asset("smollm2-135m-instruct")).fields["tokenizer.chat_template"]
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
 @pytest.fixture(scope="module")
 def llama_cpp_templates() -> dict[str, str]:
-    folder = fetch_asset("llama-cpp-vocabs") / "templates"
+    folder = asset("llama-cpp-vocabs") / "templates"
     return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.jinja"))}
 
 

@@ -24,10 +24,11 @@ NEW_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lmforge.api import LLM
-    from lmforge.assets import fetch_asset
+    from helpers import asset
 
-    return LLM.load(fetch_asset("smollm2-135m-instruct"), device="cpu")
+    from lmforge.api import LLM
+
+    return LLM.load(asset("smollm2-135m-instruct"), device="cpu")
 
 
 def _solo(llm, prompt: str) -> tuple[str, float]:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import asset
 
-from lmforge.assets import fetch_asset
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer, bytes_to_unicode, read_gguf_metadata, train_bpe
 
@@ -32,12 +32,12 @@ VARIED = [
 
 @pytest.fixture(scope="session")
 def vocabs() -> Path:
-    return fetch_asset("llama-cpp-vocabs")
+    return asset("llama-cpp-vocabs")
 
 
 @pytest.fixture(scope="session")
 def ranks() -> Path:
-    return fetch_asset("tiktoken-ranks")
+    return asset("tiktoken-ranks")
 
 
 def reference_cases(vocabs: Path, name: str) -> list[tuple[str, list[int]]]:
@@ -106,7 +106,7 @@ def test_gguf_special_ids_and_flags(vocabs):
 
 @pytest.fixture(scope="session")
 def smollm2() -> Tokenizer:
-    return Tokenizer.from_gguf(fetch_asset("smollm2-135m-instruct"))
+    return Tokenizer.from_gguf(asset("smollm2-135m-instruct"))
 
 
 def test_smollm2_gguf_tokenizer(smollm2):
@@ -126,7 +126,7 @@ def test_smollm2_gguf_tokenizer(smollm2):
 @pytest.mark.slow  # transformers parses the whole GGUF header element by element (~40 s)
 def test_smollm2_matches_transformers_gguf_loader(smollm2):
     transformers = pytest.importorskip("transformers")
-    path = fetch_asset("smollm2-135m-instruct")
+    path = asset("smollm2-135m-instruct")
     hf = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     for text in VARIED[:-1] + ["<|im_start|>assistant\nHi!<|im_end|>"]:
         assert smollm2.encode(text, bos=False) == hf.encode(text, add_special_tokens=False), text
@@ -150,10 +150,10 @@ def test_read_gguf_metadata_agrees_with_gguf_package(vocabs):
 
 def test_r50k_equals_gpt2_encoder_json(ranks, vocabs):
     r50k = tiktoken_tok(ranks, "r50k_base")
-    gpt2 = Tokenizer.from_dir(fetch_asset("gpt2-bpe"))  # an HF tokenizers BPE from encoder.json + vocab.bpe
+    gpt2 = Tokenizer.from_dir(asset("gpt2-bpe"))  # an HF tokenizers BPE from encoder.json + vocab.bpe
     assert gpt2.backend == "tokenizers" and r50k.backend == "tiktoken"
     assert r50k.vocab_size == gpt2.vocab_size == 50257
-    austen = (fetch_asset("austen") / "emma.txt").read_text(encoding="utf-8")[:20000]
+    austen = (asset("austen") / "emma.txt").read_text(encoding="utf-8")[:20000]
     texts = VARIED + [text for text, _ in reference_cases(vocabs, "gpt-2")] + [austen]
     for text in texts:
         ids = r50k.encode(text)
@@ -277,7 +277,7 @@ def test_save_tiktoken_loads_in_transformers(ranks, tmp_path):
 
 
 def test_save_trained_bpe_loads_in_transformers(tmp_path):
-    text = (fetch_asset("austen") / "persuasion.txt").read_text(encoding="utf-8")
+    text = (asset("austen") / "persuasion.txt").read_text(encoding="utf-8")
     tok = train_bpe([text], vocab_size=600)
     assert tok.vocab_size == 600 and tok.bos_id == tok.eos_id == tok.pad_id == 0
     _roundtrip(tok, tmp_path, VARIED + SPECIAL_TEXTS)
@@ -374,7 +374,7 @@ def test_train_verb(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     from lmforge.verbs.tokenizer import train
 
-    src = fetch_asset("austen")
+    src = asset("austen")
     txt = tmp_path / "a.txt"
     txt.write_text((src / "northanger_abbey.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
     jsonl = tmp_path / "b.jsonl"

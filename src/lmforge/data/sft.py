@@ -168,6 +168,7 @@ def encode_records(records: Sequence[dict], tokenizer: Tokenizer, config: Config
                    truncate: bool = False, source: str = "data") -> list[Example]:
     """Tokenize records; examples longer than `max_len` are an error naming how many (or, with
     `truncate`, are cut to it). Chat records use `style` (None: the model's template or its style)."""
+    records = [_check_record(r, f"{source}: record {i}") for i, r in enumerate(records)]
     out = [_encode_alpaca(r, tokenizer, mask_prompt) if "instruction" in r
            else _encode_chat(r, tokenizer, config, style, mask_prompt) for r in records]
     if max_len is not None:

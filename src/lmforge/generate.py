@@ -70,6 +70,7 @@ class Event:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None
 
 
 @dataclass

@@ -33,7 +33,13 @@ from lmforge.errors import LmforgeError
 from lmforge.prompts import encode_chat, stop_strings, stop_tokens
 from lmforge.sampling import SamplingParams
 from lmforge.serve.metrics import CONTENT_TYPE, ServerMetrics
-from lmforge.serve.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, PredictRequest
+from lmforge.serve.schemas import (
+    PREDICT_MAX_NEW_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    PredictRequest,
+)
 from lmforge.serve.worker import Draining, EngineWorker, Failure, Handle, QueueFull
 
 if TYPE_CHECKING:
@@ -288,7 +294,9 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     app.state.model_name = model_name
     app.state.context = context
     _install_error_handlers(app)
-    _document(app, protected=bool(opts.api_key))
+    _document(app, protected=bool(opts.api_key), maxima={
+        "max_tokens": opts.max_tokens_limit, "max_completion_tokens": opts.max_tokens_limit,
+        "max_new_tokens": opts.max_tokens_limit, "prompt": llm.config.vocab_size - 1})
     tok, config = llm.tokenizer, llm.config
     # a chat reply ends at the chat format's end of turn (e.g. <|im_end|>) as well as at EOS
     chat_stop_ids, chat_stop_strings = stop_tokens(tok, config), stop_strings(tok, config)
@@ -311,13 +319,16 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         if bad is not None:
             raise APIError(400, f"token id {bad} is outside the vocabulary (0..{config.vocab_size - 1})", param=param)
 
+    def check_limit(requested: int | None, param: str) -> None:
+        if requested is not None and requested > opts.max_tokens_limit:
+            raise APIError(400, f"{param} is {requested}; this server allows at most {opts.max_tokens_limit} "
+                                "(--max-tokens-limit)", param=param)
+
     def max_new_tokens(requested: int | None, n_prompt: int, param: str) -> int:
         room = context - n_prompt
         if requested is None:
             return min(opts.default_max_tokens, room)
-        if requested > opts.max_tokens_limit:
-            raise APIError(400, f"{param} is {requested}; this server allows at most {opts.max_tokens_limit} "
-                                "(--max-tokens-limit)", param=param)
+        check_limit(requested, param)
         if requested > room:
             raise APIError(400, f"the prompt ({n_prompt} tokens) plus {param} ({requested}) exceeds the context "
                                 f"of {context} tokens; lower {param}", param=param, code="context_length_exceeded")
@@ -325,9 +336,6 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
 
     def sampling(body, n_prompt: int, max_tokens: int | None, max_param: str = "max_tokens",
                  chat: bool = False) -> SamplingParams:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, name) not in (None, 0, 0.0):
-                raise APIError(400, f"{name} is not supported (use repetition_penalty)", param=name)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if chat:
             stop += chat_stop_strings
@@ -425,7 +433,9 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         else:
             ids, stops, stop_ids = await encode(body.prompt), [], []
         check_prompt(ids, "prompt")
-        params = make_params(max_new_tokens=max_new_tokens(body.max_new_tokens, len(ids), "max_new_tokens"),
+        requested = body.max_new_tokens if "max_new_tokens" in body.model_fields_set else \
+            min(PREDICT_MAX_NEW_TOKENS, opts.max_tokens_limit, context - len(ids))
+        params = make_params(max_new_tokens=max_new_tokens(requested, len(ids), "max_new_tokens"),
                              temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, stop=stops,
                              stop_token_ids=stop_ids)
         text, _ = await complete(request, ids, params)
@@ -434,10 +444,6 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     @app.post("/v1/completions", responses={**_errors(*GENERATION_ERRORS), **STREAM_RESPONSE})
     async def completions(body: CompletionRequest, request: Request):
         """OpenAI text completion (one prompt, n=1), streamed as server-sent events when `stream`."""
-        for name, bad in (("echo", body.echo), ("suffix", body.suffix is not None),
-                          ("logprobs", body.logprobs is not None), ("best_of", body.best_of not in (None, 1))):
-            if bad:
-                raise APIError(400, f"{name} is not supported by this server", param=name)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
@@ -462,10 +468,9 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     @app.post("/v1/chat/completions", responses={**_errors(*GENERATION_ERRORS), **STREAM_RESPONSE})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         """OpenAI chat completion (n=1), streamed as server-sent events when `stream`."""
-        if body.logprobs:
-            raise APIError(400, "logprobs is not supported by this server", param="logprobs")
         ids = await chat_ids([{"role": m.role, "content": m.text()} for m in body.messages])
         check_prompt(ids, "messages")
+        check_limit(body.max_tokens, "max_tokens")  # the schema's bound, even when max_completion_tokens wins
         max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         params = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens, max_param, chat=True)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -561,7 +566,21 @@ ERROR_DOCS = {
 GENERATION_ERRORS = (413, 429, 500, 503, 504)
 STREAM_RESPONSE = {200: {"description": "The completion; with `stream: true`, server-sent events, each "
                                         "`data: <chunk JSON>` and last `data: [DONE]`",
-                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+                         # before OpenAPI 3.2 (itemSchema), `schema` of an event stream describes one event
+                         "content": {"text/event-stream": {"schema": {
+                             "type": "object", "required": ["data"], "properties": {"data": {
+                                 "type": "string",
+                                 "description": "a chunk as JSON, an error as JSON, or [DONE] (the last event)"}}}}}}}
+
+
+def _set_maximum(prop: dict[str, Any], maximum: int) -> None:
+    """Bound the integers of a JSON Schema property (itself, a union member or array items)."""
+    if prop.get("type") == "integer":
+        prop["maximum"] = maximum
+    for sub in prop.get("anyOf", []):
+        _set_maximum(sub, maximum)
+    if prop.get("type") == "array":
+        _set_maximum(prop.get("items", {}), maximum)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -569,9 +588,10 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": ERROR_DOCS[code]} for code in sorted({400, *codes})}
 
 
-def _document(app: FastAPI, protected: bool) -> None:
-    """Fix up FastAPI's generated schema: no 422 (invalid bodies get a 400), and with an API key the
-    bearer security scheme and a 401 on every endpoint outside PUBLIC_PATHS."""
+def _document(app: FastAPI, protected: bool, maxima: dict[str, int]) -> None:
+    """Fix up FastAPI's generated schema: no 422 (invalid bodies get a 400); with an API key, the
+    bearer security scheme and a 401 on every endpoint outside PUBLIC_PATHS; this server's limits
+    (`maxima`: the largest integer each request field takes, token ids included)."""
     from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
@@ -581,6 +601,10 @@ def _document(app: FastAPI, protected: bool) -> None:
             components = schema.setdefault("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 components.get("schemas", {}).pop(name, None)
+            for model in components.get("schemas", {}).values():
+                for name, prop in model.get("properties", {}).items():
+                    if name in maxima:
+                        _set_maximum(prop, maxima[name])
             if protected:
                 components["securitySchemes"] = {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
             error = {"description": ERROR_DOCS[401],

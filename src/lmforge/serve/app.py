@@ -5,13 +5,15 @@
     app = create_app(LLM.load("ckpt/"), api_key="secret", max_batch_size=8)   # any ASGI server runs it
 
 Every error is OpenAI-shaped JSON, `{"error": {"message", "type", "param", "code"}}`, and bad input
-is always a 4xx: the server keeps serving whatever a client sends.
+is always a 4xx: the server keeps serving whatever a client sends. GET /openapi.json documents each
+status code the server answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -31,7 +33,13 @@ from lmforge.errors import LmforgeError
 from lmforge.prompts import encode_chat, stop_strings, stop_tokens
 from lmforge.sampling import SamplingParams
 from lmforge.serve.metrics import CONTENT_TYPE, ServerMetrics
-from lmforge.serve.schemas import ChatCompletionRequest, CompletionRequest, PredictRequest
+from lmforge.serve.schemas import (
+    PREDICT_MAX_NEW_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    PredictRequest,
+)
 from lmforge.serve.worker import Draining, EngineWorker, Failure, Handle, QueueFull
 
 if TYPE_CHECKING:
@@ -41,6 +49,10 @@ log = logging.getLogger("lmforge.serve")
 
 # paths that need no API key (probes and the schema)
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/redoc"})
+# the Host names a loopback-bound server answers (any port), besides --allowed-hosts
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+# torch.Generator.manual_seed takes [-2**63, 2**64): any JSON integer seed is reduced modulo 2**64
+SEED_MODULUS = 2**64
 
 
 @dataclass
@@ -58,6 +70,12 @@ class ServeSettings:
         request_timeout: Seconds a request may run before it is cancelled (504); None: no deadline.
         max_body_bytes: Largest request body (more -> 413).
         retry_after: Seconds suggested in the Retry-After header of a 429.
+        host: The interface the server is bound to. Bound to loopback, it answers only requests whose
+            Host header is localhost, 127.0.0.1 or [::1] (any port) or in `allowed_hosts`: a web page
+            cannot reach it through DNS rebinding.
+        allowed_hosts: More Host names to answer ("*": any); on a non-loopback interface, when given,
+            the only ones answered.
+        cors_origins: Origins allowed by CORS (browser pages calling the API); none: no CORS headers.
     """
 
     model_name: str | None = None
@@ -70,6 +88,9 @@ class ServeSettings:
     request_timeout: float | None = 600.0
     max_body_bytes: int = 1_000_000
     retry_after: int = 1
+    host: str = "127.0.0.1"
+    allowed_hosts: list[str] | None = None
+    cors_origins: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "default_max_tokens", "max_body_bytes"):
@@ -79,6 +100,28 @@ class ServeSettings:
             raise LmforgeError(f"max-seq-length must be >= 2 (a prompt token and a new one), got {self.max_seq_length}")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise LmforgeError(f"request-timeout must be > 0 seconds, got {self.request_timeout}")
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        """Whether a request with this Host header (None: none sent) is answered."""
+        extra = {h.lower() for h in self.allowed_hosts or ()}
+        if "*" in extra or (not extra and not is_loopback(self.host)):
+            return True
+        if host_header is None:
+            return False
+        name = host_header.strip().lower()
+        # strip the port: "[::1]:8000" -> "[::1]", "localhost:8000" -> "localhost"
+        name = name[:name.index("]") + 1] if name.startswith("[") and "]" in name else name.partition(":")[0]
+        return name in extra or (is_loopback(self.host) and name in LOOPBACK_HOSTS)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class APIError(Exception):
@@ -136,12 +179,19 @@ class RequestLimits:
             self.metrics.requests.inc(endpoint=endpoint, status=str(status))
 
     async def _check(self, scope, receive):
+        headers = dict(scope["headers"])
+        host = headers.get(b"host")
+        if not self.settings.host_allowed(None if host is None else host.decode("latin-1")):
+            return APIError(400, f"Host header {host.decode('latin-1')!r} is not served here: use localhost or "
+                                 "127.0.0.1, or start the server with --allowed-hosts"
+                                 if host is not None else "no Host header: send one", param="Host",
+                            code="invalid_host"), receive
         key = self.settings.api_key
-        if key and scope["path"] not in PUBLIC_PATHS:
-            headers = dict(scope["headers"])
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        # a CORS preflight (OPTIONS) carries no credentials; it reveals nothing
+        if key and scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
+            auth = headers.get(b"authorization", b"")
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not _key_matches(token.strip(), key):
                 what = "no API key provided" if not auth else "incorrect API key provided"
                 return APIError(401, f"{what}: send the header 'Authorization: Bearer <key>'",
                                 "authentication_error", code="invalid_api_key",
@@ -150,7 +200,6 @@ class RequestLimits:
             return None, receive
         limit = self.settings.max_body_bytes
         too_big = APIError(413, f"request body is larger than {limit} bytes", code="request_too_large")
-        headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.DRAIN_LIMIT:
             return too_big, receive
@@ -169,6 +218,17 @@ class RequestLimits:
         if size > limit:
             return too_big, receive
         return None, _replay(b"".join(chunks), receive)
+
+
+def _key_matches(token: bytes, key: str) -> bool:
+    """Compare the header's raw bytes with the key as UTF-8 (httpx, curl) or Latin-1 (requests, http.client)."""
+    encodings = [key.encode()]
+    try:
+        encodings.append(key.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    # compare against every encoding (no early exit): the time taken does not depend on which matched
+    return sum(hmac.compare_digest(token, k) for k in encodings) > 0
 
 
 def _replay(body: bytes, receive):
@@ -234,6 +294,9 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     app.state.model_name = model_name
     app.state.context = context
     _install_error_handlers(app)
+    _document(app, protected=bool(opts.api_key), maxima={
+        "max_tokens": opts.max_tokens_limit, "max_completion_tokens": opts.max_tokens_limit,
+        "max_new_tokens": opts.max_tokens_limit, "prompt": llm.config.vocab_size - 1})
     tok, config = llm.tokenizer, llm.config
     # a chat reply ends at the chat format's end of turn (e.g. <|im_end|>) as well as at EOS
     chat_stop_ids, chat_stop_strings = stop_tokens(tok, config), stop_strings(tok, config)
@@ -256,13 +319,16 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         if bad is not None:
             raise APIError(400, f"token id {bad} is outside the vocabulary (0..{config.vocab_size - 1})", param=param)
 
+    def check_limit(requested: int | None, param: str) -> None:
+        if requested is not None and requested > opts.max_tokens_limit:
+            raise APIError(400, f"{param} is {requested}; this server allows at most {opts.max_tokens_limit} "
+                                "(--max-tokens-limit)", param=param)
+
     def max_new_tokens(requested: int | None, n_prompt: int, param: str) -> int:
         room = context - n_prompt
         if requested is None:
             return min(opts.default_max_tokens, room)
-        if requested > opts.max_tokens_limit:
-            raise APIError(400, f"{param} is {requested}; this server allows at most {opts.max_tokens_limit} "
-                                "(--max-tokens-limit)", param=param)
+        check_limit(requested, param)
         if requested > room:
             raise APIError(400, f"the prompt ({n_prompt} tokens) plus {param} ({requested}) exceeds the context "
                                 f"of {context} tokens; lower {param}", param=param, code="context_length_exceeded")
@@ -270,11 +336,6 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
 
     def sampling(body, n_prompt: int, max_tokens: int | None, max_param: str = "max_tokens",
                  chat: bool = False) -> SamplingParams:
-        if body.n != 1:
-            raise APIError(400, f"n={body.n} is not supported; only n=1 (send several requests instead)", param="n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, name) not in (None, 0, 0.0):
-                raise APIError(400, f"{name} is not supported (use repetition_penalty)", param=name)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if chat:
             stop += chat_stop_strings
@@ -283,7 +344,7 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
             temperature=1.0 if body.temperature is None else body.temperature,
             top_k=body.top_k, top_p=1.0 if body.top_p is None else body.top_p,
             min_p=body.min_p or 0.0, repetition_penalty=body.repetition_penalty or 1.0,
-            seed=body.seed, stop=stop, ignore_eos=body.ignore_eos, stop_token_ids=chat_stop_ids if chat else [])
+            seed=None if body.seed is None else body.seed % SEED_MODULUS, stop=stop, ignore_eos=body.ignore_eos, stop_token_ids=chat_stop_ids if chat else [])
 
     # -- running a request -------------------------------------------------------------------------
     def submit(ids: list[int], params: SamplingParams) -> Handle:
@@ -330,8 +391,16 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
             raise APIError(499, "client closed the request", code="client_closed")
         return "".join(parts), last
 
+    async def drain(grace: float) -> None:
+        """Shutdown: take no new requests, let open ones run for `grace` seconds, then end them with a 503
+        (a stream gets an error event and `data: [DONE]`), so every response still ends properly."""
+        if state.get("worker") is not None:
+            await asyncio.to_thread(state["worker"].close, grace)
+
+    app.state.drain = drain
+
     # -- endpoints ---------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", responses=_errors(503))
     async def health() -> dict[str, Any]:
         """Liveness: 200 while the engine thread runs."""
         w = state.get("worker")
@@ -339,19 +408,19 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
             raise APIError(503, "the engine is not running", "server_error")
         return {"status": "ok", "model": model_name}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_errors())
     async def prometheus() -> PlainTextResponse:
         """Prometheus text exposition of the server's counters, gauges and histograms."""
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_errors())
     async def models() -> dict[str, Any]:
         """The one model this server serves (OpenAI schema)."""
         return {"object": "list", "data": [
             {"id": model_name, "object": "model", "created": started, "owned_by": "lmforge",
              "max_model_len": context}]}
 
-    @app.post("/predict")
+    @app.post("/predict", responses=_errors(*GENERATION_ERRORS))
     async def predict(body: PredictRequest, request: Request) -> dict[str, str]:
         """LitGPT-compatible: `{"prompt": …}` -> `{"output": …}`.
 
@@ -359,30 +428,29 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         has one, and used as-is otherwise.
         """
         if tok.chat_template:
-            ids, stops, stop_ids = chat_ids([{"role": "user", "content": body.prompt}]), chat_stop_strings, chat_stop_ids
+            ids = await chat_ids([{"role": "user", "content": body.prompt}])
+            stops, stop_ids = chat_stop_strings, chat_stop_ids
         else:
-            ids, stops, stop_ids = tok.encode(body.prompt), [], []
+            ids, stops, stop_ids = await encode(body.prompt), [], []
         check_prompt(ids, "prompt")
-        params = make_params(max_new_tokens=max_new_tokens(body.max_new_tokens, len(ids), "max_new_tokens"),
+        requested = body.max_new_tokens if "max_new_tokens" in body.model_fields_set else \
+            min(PREDICT_MAX_NEW_TOKENS, opts.max_tokens_limit, context - len(ids))
+        params = make_params(max_new_tokens=max_new_tokens(requested, len(ids), "max_new_tokens"),
                              temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, stop=stops,
                              stop_token_ids=stop_ids)
         text, _ = await complete(request, ids, params)
         return {"output": text}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={**_errors(*GENERATION_ERRORS), **STREAM_RESPONSE})
     async def completions(body: CompletionRequest, request: Request):
         """OpenAI text completion (one prompt, n=1), streamed as server-sent events when `stream`."""
-        for name, bad in (("echo", body.echo), ("suffix", body.suffix is not None),
-                          ("logprobs", body.logprobs is not None), ("best_of", body.best_of not in (None, 1))):
-            if bad:
-                raise APIError(400, f"{name} is not supported by this server", param=name)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
                 raise APIError(400, f"a batch of {len(prompt)} prompts is not supported; send one per request",
                                param="prompt")
             prompt = prompt[0]
-        ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = await encode(prompt) if isinstance(prompt, str) else list(prompt)
         check_prompt(ids, "prompt")
         params = sampling(body, len(ids), body.max_tokens)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -397,13 +465,12 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         text, last = await complete(request, ids, params)
         return {**chunk(text, last.finish_reason), "usage": usage(last)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={**_errors(*GENERATION_ERRORS), **STREAM_RESPONSE})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         """OpenAI chat completion (n=1), streamed as server-sent events when `stream`."""
-        if body.logprobs:
-            raise APIError(400, "logprobs is not supported by this server", param="logprobs")
-        ids = chat_ids([{"role": m.role, "content": m.text()} for m in body.messages])
+        ids = await chat_ids([{"role": m.role, "content": m.text()} for m in body.messages])
         check_prompt(ids, "messages")
+        check_limit(body.max_tokens, "max_tokens")  # the schema's bound, even when max_completion_tokens wins
         max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         params = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens, max_param, chat=True)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -426,11 +493,17 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
                              "finish_reason": last.finish_reason}],
                 "usage": usage(last)}
 
-    def chat_ids(messages: list[dict[str, str]]) -> list[int]:
+    # tokenizing a long prompt takes a while (~0.5 s per MB): it runs on a thread, so the event loop
+    # keeps answering other requests (/health, streams) meanwhile. `encode_batch` because HF tokenizers'
+    # `encode` holds the GIL throughout (the loop would still stall) and its `encode_batch` releases it.
+    async def encode(text: str) -> list[int]:
+        return (await asyncio.to_thread(tok.encode_batch, [text]))[0]
+
+    async def chat_ids(messages: list[dict[str, str]]) -> list[int]:
         # OpenAI's "developer" role is the newer name of "system"
         messages = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
         try:
-            return encode_chat(messages, tok, config)
+            return await asyncio.to_thread(encode_chat, messages, tok, config)
         except LmforgeError as e:
             raise APIError(400, f"cannot format the messages: {e}", param="messages") from None
 
@@ -467,8 +540,85 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
 
     started = int(time.time())
     endpoints = frozenset(r.path for r in app.routes if hasattr(r, "path"))
+    if opts.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # inside RequestLimits: the Host check and the body limit apply to browsers too
+        app.add_middleware(CORSMiddleware, allow_origins=opts.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(RequestLimits, metrics=metrics, settings=opts, endpoints=endpoints)
     return app
+
+
+# -----------------------------------------------------------------------------------------------
+# the OpenAPI document: what the server really answers
+# -----------------------------------------------------------------------------------------------
+ERROR_DOCS = {
+    400: "Invalid request: a field out of range or of the wrong type, a prompt longer than the context, "
+         "an unsupported option, or a Host header this server does not answer",
+    401: "No API key, or a wrong one (send `Authorization: Bearer <key>`)",
+    413: "The request body is larger than --max-body-bytes",
+    429: "The waiting queue is full; retry after the Retry-After header's seconds",
+    500: "The engine failed on this request",
+    503: "The server is starting or shutting down",
+    504: "The request ran longer than --request-timeout",
+}
+GENERATION_ERRORS = (413, 429, 500, 503, 504)
+STREAM_RESPONSE = {200: {"description": "The completion; with `stream: true`, server-sent events, each "
+                                        "`data: <chunk JSON>` and last `data: [DONE]`",
+                         # before OpenAPI 3.2 (itemSchema), `schema` of an event stream describes one event
+                         "content": {"text/event-stream": {"schema": {
+                             "type": "object", "required": ["data"], "properties": {"data": {
+                                 "type": "string",
+                                 "description": "a chunk as JSON, an error as JSON, or [DONE] (the last event)"}}}}}}}
+
+
+def _set_maximum(prop: dict[str, Any], maximum: int) -> None:
+    """Bound the integers of a JSON Schema property (itself, a union member or array items)."""
+    if prop.get("type") == "integer":
+        prop["maximum"] = maximum
+    for sub in prop.get("anyOf", []):
+        _set_maximum(sub, maximum)
+    if prop.get("type") == "array":
+        _set_maximum(prop.get("items", {}), maximum)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses of these error codes; 400 (the Host check) applies to every endpoint."""
+    return {code: {"model": ErrorResponse, "description": ERROR_DOCS[code]} for code in sorted({400, *codes})}
+
+
+def _document(app: FastAPI, protected: bool, maxima: dict[str, int]) -> None:
+    """Fix up FastAPI's generated schema: no 422 (invalid bodies get a 400); with an API key, the
+    bearer security scheme and a 401 on every endpoint outside PUBLIC_PATHS; this server's limits
+    (`maxima`: the largest integer each request field takes, token ids included)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            for model in components.get("schemas", {}).values():
+                for name, prop in model.get("properties", {}).items():
+                    if name in maxima:
+                        _set_maximum(prop, maxima[name])
+            if protected:
+                components["securitySchemes"] = {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
+            error = {"description": ERROR_DOCS[401],
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+                    if protected and path not in PUBLIC_PATHS:
+                        operation["security"] = [{"HTTPBearer": []}]
+                        operation["responses"]["401"] = error
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 async def _next_item(handle: Handle, request: Request | None, poll: float = 0.5) -> Any:
@@ -514,7 +664,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {}
+        # a union (`prompt`: str | list[str] | list[int]) fails once per member: report the member whose
+        # type matched and whose value did not, when there is one
+        first = next((e for e in errors if not e.get("type", "").endswith("_type")), errors[0] if errors else {})
         # pydantic names union members in the location (`prompt.str`): keep field names and indices only
         loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _TYPE_TAG.match(str(p))]
         param = ".".join(loc) or None

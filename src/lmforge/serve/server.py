@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,50 @@ from typing import TYPE_CHECKING, Any
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from lmforge.api import LLM
+
+# seconds uvicorn waits beyond --shutdown-timeout before it drops connections: the app ends its own
+# open requests at --shutdown-timeout, and their last bytes need a moment to go out
+SHUTDOWN_MARGIN = 5.0
+
+
+def uvicorn_server(app: Any, host: str, port: int, shutdown_timeout: float, log_level: str,
+                   **config: Any) -> uvicorn.Server:
+    """A uvicorn server for an app from `create_app` that shuts down cleanly.
+
+    On shutdown (SIGTERM, `should_exit`), open requests may run for `shutdown_timeout` seconds; then the
+    app ends each one itself (a stream with an error event and `data: [DONE]`) instead of uvicorn
+    cutting its connection mid-response.
+    """
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            drain = asyncio.ensure_future(app.state.drain(shutdown_timeout))
+            await super().shutdown(sockets)
+            await drain
+
+    return DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                                         timeout_graceful_shutdown=shutdown_timeout + SHUTDOWN_MARGIN, **config))
+
+
+def check_bind(host: str, port: int) -> None:
+    """Raise a one-line `LmforgeError` unless `host:port` can be bound (before a slow model load)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise LmforgeError(f"--host {host!r} is not an address of this machine ({e}); "
+                           "use 127.0.0.1, 0.0.0.0 or one of its interfaces") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise LmforgeError(f"cannot serve on {host}:{port}: {e.strerror or e} "
+                               "(another server on that port? pick another --port)") from None
 
 
 class Server:
@@ -30,15 +75,11 @@ class Server:
 
     def __init__(self, llm: LLM | None = None, host: str = "127.0.0.1", port: int = 0, app: Any = None,
                  shutdown_timeout: float = 10.0, log_level: str = "warning", **settings: Any) -> None:
-        import uvicorn
-
         from lmforge.serve.app import create_app
 
-        self.app = app if app is not None else create_app(llm, **settings)
+        self.app = app if app is not None else create_app(llm, host=host, **settings)
         self.host = host
-        config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, lifespan="on",
-                                timeout_graceful_shutdown=shutdown_timeout, access_log=False)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn_server(self.app, host, port, shutdown_timeout, log_level, access_log=False)
         self._thread: threading.Thread | None = None
         self.port = port
 

@@ -70,7 +70,8 @@ class EngineWorker:
     Args:
         engine: a `lmforge.generate.Engine` (add/step/cancel/has_work).
         metrics: where queue depth, slots, token counts and latencies are recorded.
-        max_queue: most requests waiting for a slot (not yet producing tokens); more -> `QueueFull`.
+        max_queue: most requests waiting for a slot: `engine.max_batch_size + max_queue` requests are
+            accepted at once (running or waiting), more -> `QueueFull`.
         request_timeout: seconds a request may live (None: no deadline).
     """
 
@@ -101,7 +102,7 @@ class EngineWorker:
         with self._lock:
             if not self._accepting:
                 raise Draining()
-            if self._n_waiting() >= self.max_queue:
+            if len(self._handles) >= self.engine.max_batch_size + self.max_queue:
                 self.metrics.rejected.inc()
                 raise QueueFull()
             rid = f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -149,13 +150,11 @@ class EngineWorker:
             self._thread.join(timeout=30)
 
     # -- the engine thread -------------------------------------------------------------------
-    def _n_waiting(self) -> int:
-        return sum(1 for h in self._handles.values() if h.first_token_at is None)
-
     def _update_gauges(self) -> None:
-        waiting = self._n_waiting()
-        self.metrics.queue_depth.set(waiting)
-        self.metrics.active_slots.set(len(self._handles) - waiting)
+        # the engine fills free slots before anything waits
+        running = min(len(self._handles), self.engine.max_batch_size)
+        self.metrics.queue_depth.set(len(self._handles) - running)
+        self.metrics.active_slots.set(running)
 
     def _run(self) -> None:
         import torch
@@ -224,7 +223,7 @@ class EngineWorker:
     def _step(self, out) -> None:
         try:
             events = self.engine.step()
-        except Exception as e:  # a bug or OOM: fail the batch, keep serving
+        except Exception as e:  # a crash of the whole step (a request's own failure is an event): fail the batch
             with self._lock:
                 handles = list(self._handles.values())
             log.exception("engine.step failed; failing %d in-flight request(s)", len(handles))
@@ -253,6 +252,10 @@ class EngineWorker:
                     m.itl.observe(now - handle.last_token_at)
                 handle.last_token_at = now
                 handle.completion_tokens = ev.completion_tokens
+            if ev.finish_reason == "error":  # this request failed inside the engine; the others go on
+                log.error("request %s failed in the engine: %s", ev.request_id, ev.error)
+                self._finish(handle, "error", out, Failure(500, f"internal error in the engine: {ev.error}"))
+                continue
             out[handle.loop].append((handle, ev))
             if ev.finished:
                 self._finish(handle, ev.finish_reason or "stop", out, None)

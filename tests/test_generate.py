@@ -606,3 +606,11 @@ def test_one_failing_request_fails_alone(model):
 def test_seed_any_integer():
     for seed in (2**64 + 5, -(2**70), 2**63):
         assert SamplingParams(seed=seed, temperature=1.0).make_generator() is not None
+
+
+def test_tiny_top_p_keeps_the_top_token(model):
+    """A top_p below float32's smallest number used to drop every token (all -inf: token 0)."""
+    expected = generate(model, None, PROMPTS[1], SamplingParams(max_new_tokens=6)).token_ids
+    for extra in (dict(top_p=5e-324), dict(top_p=1e-40, min_p=5e-324), dict(top_k=1, top_p=1e-45)):
+        got = generate(model, None, PROMPTS[1], SamplingParams(max_new_tokens=6, temperature=1.0, seed=0, **extra))
+        assert got.token_ids == expected, extra

@@ -405,8 +405,6 @@ def test_tiny_sampling_values_are_legal(field, value):
     assert getattr(body, field) == value
 
 
-@pytest.mark.xfail(strict=True, reason="needs the NaN-proof sampler (sampling.py, issue #11 item 2): today a "
-                                       "tiny top_p gives NaN probabilities; remove this mark when it lands")
 def test_tiny_sampling_values_are_greedy(server, llm):
     want, _ = reference(llm, llm.tokenizer.encode("Hello"), 8)
     for extra in ({"top_p": 5e-324}, {"temperature": 1e-40}, {"top_p": 1e-40, "min_p": 5e-324}):

@@ -114,6 +114,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, history: torch.
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the mass before it already reaches top_p (always keeps the first)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= params.top_p
+        drop_sorted[0] = False  # (a top_p below float32's range would otherwise drop every token)
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if params.min_p > 0.0:
@@ -150,7 +151,8 @@ def sample(
         row = process_logits(logits[b], p, histories[b] if histories else None)
         probs = None if p.greedy else row.softmax(-1)
         if probs is None or not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
-            out[b] = row.argmax()  # greedy, or nothing left to sample from: the most likely token
+            # greedy, or nothing left to sample from: the most likely token
+            out[b] = row.argmax() if p.greedy else logits[b].argmax()
         else:
             g = generators[b] if generators else None
             out[b] = torch.multinomial(probs, 1, generator=g)[0]

@@ -37,7 +37,9 @@ class HFBackend:
         self.special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL while it runs (encode holds it): a server tokenizing a long
+        # prompt on a worker thread keeps its event loop responsive
+        return self.tok.encode_batch([text], add_special_tokens=False)[0].ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]

@@ -543,8 +543,11 @@ def test_a_burst_fills_free_slots_before_the_queue(llm):
             r.close()
 
 
-def test_tokenizing_big_prompts_does_not_block_the_event_loop(llm):
+@pytest.mark.parametrize("endpoint", ["/v1/completions", "/v1/chat/completions"])
+def test_tokenizing_big_prompts_does_not_block_the_event_loop(llm, endpoint):
     prompt = ("It is a truth universally acknowledged, that a single man " * 20000)[:1_000_000]
+    body = ({"prompt": prompt} if endpoint == "/v1/completions"
+            else {"messages": [{"role": "user", "content": prompt}]})
     with Server(llm, max_body_bytes=2_000_000) as srv:
         def health() -> float:
             t = time.perf_counter()
@@ -556,7 +559,7 @@ def test_tokenizing_big_prompts_does_not_block_the_event_loop(llm):
 
         def big() -> None:
             try:  # longer than the context: tokenized, then refused
-                requests.post(srv.url + "/v1/completions", json={"prompt": prompt}, timeout=60)
+                requests.post(srv.url + endpoint, json=body, timeout=60)
             finally:
                 done.set()
 

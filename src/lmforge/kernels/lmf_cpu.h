@@ -53,6 +53,11 @@ void lmf_linear_bf16(const float* x, const uint16_t* w, const float* bias, float
 void lmf_linear_f32(const float* x, const float* w, const float* bias, float* y,
                     int64_t M, int64_t N, int64_t K, int nthreads);
 
+/* on: 1 use the AVX-512 paths where the CPU has AVX-512F (the default), 0 the AVX2 ones only, -1 keep;
+ * returns whether AVX-512 paths are in use. For tests and benchmarks (not thread-safe against a
+ * running kernel). */
+int lmf_use_avx512(int on);
+
 /* M tokens, each the next token of its own sequence (batch-row `rows[m]` of the caches, position
  * `pos[m]` < s_max), through every layer. x (M, d): the tokens' embeddings in (used as scratch);
  * out: the final-normed hidden states (M, d), or with `logits` the head's output (M, head.N).

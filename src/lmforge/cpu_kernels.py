@@ -19,7 +19,8 @@ and the functions' argument types from it, so Python never restates a layout
 The shared library is built once per source version and flags with the system C compiler (`$CC`,
 else `cc`), `-Wall -Wextra` clean, and cached in `$LMFORGE_HOME/kernels/` under a digest of both.
 `$LMFORGE_KERNEL_CFLAGS` adds compiler flags (e.g. `-fsanitize=thread` for a checked build, which
-gets its own digest). The code picks its AVX-512 paths at run time where the CPU has them. Without a
+gets its own digest). The code picks its AVX-512 paths at run time where the CPU has AVX-512F
+(`LMFORGE_NO_AVX512=1`, or `lmf_use_avx512(0)`, keeps it on the AVX2 ones, e.g. for an A/B). Without a
 compiler or AVX2 (or with `LMFORGE_NO_KERNELS=1`), `load()` returns None and callers fall back to
 plain PyTorch ops (correct, slower).
 """

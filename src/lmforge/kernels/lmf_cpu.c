@@ -273,9 +273,10 @@ FLOAT_CHUNK(f32_chunk, float, ld_f32)
 #define TGT512 __attribute__((target("avx512f,avx2,fma")))
 static int use_avx512;
 
-static void __attribute__((constructor)) detect_isa(void) {
+static void __attribute__((constructor)) detect_isa(void) {  /* LMFORGE_NO_AVX512=1: AVX2 paths only */
+    const char* off = getenv("LMFORGE_NO_AVX512");
     __builtin_cpu_init();
-    use_avx512 = __builtin_cpu_supports("avx512f");
+    use_avx512 = !(off && *off && *off != '0') && __builtin_cpu_supports("avx512f");
 }
 
 int lmf_use_avx512(int on) {

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lmforge import cpu_kernels
 from lmforge.config import Config
 from lmforge.fast_decode import Workspace, _attention, install_fast_decode, unsupported
 from lmforge.generate import Engine
-from lmforge.model import GPT
-from lmforge.quantize import quantize_model
+from lmforge.model import GPT, KVCache
+from lmforge.quantize import QuantizedLinear, quantize_model
 from lmforge.sampling import SamplingParams
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="CPU kernels need x86-64 Linux with AVX2 and cc")
@@ -141,6 +142,66 @@ def test_several_sequences_at_their_own_positions(family, mode):
     for a, b in zip(results[0][1].k, results[1][1].k):
         assert a[0].abs().sum() == 0
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request):
+    """Run a test on the kernels' AVX2 paths, then on their AVX-512 ones (where the CPU has AVX-512F)."""
+    lib = cpu_kernels.load()
+    if not lib.lmf_use_avx512(int(request.param == "avx512")) and request.param == "avx512":
+        pytest.skip("no AVX-512F on this CPU")
+    yield request.param
+    lib.lmf_use_avx512(1)
+
+
+@pytest.mark.parametrize("mode,tol", [("int8", 1e-4), ("bf16", 1e-5), ("fp32", 1e-5)])
+def test_linear_kernel_for_every_row_count(mode, tol, isa):
+    """1..16 input rows (every register-tile tail), 203 outputs (a 3-row weight tail), K with and
+    without a multiple of 16 (the AVX-512 tile needs one), against F.linear of the same weights."""
+    torch.manual_seed(1)
+    for k in (96, 40):
+        q = QuantizedLinear(nn.Linear(k, 203), mode) if mode == "int8" or k % 16 == 0 else None
+        if q is None:
+            continue
+        w = q.dequantized()
+        for rows in range(1, 17):
+            x = torch.randn(1, rows, k) * 3
+            ref = F.linear(x, w, q.bias)
+            got = q(x)
+            assert ((got - ref).norm() / ref.norm()).item() < tol, (k, rows)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "pythia-parallel"])
+@pytest.mark.parametrize("mode", ["plain", "fp32", "bf16", "int8"])
+def test_batched_step_for_every_row_count(family, mode, isa):
+    """One decode step of M = 1..16 sequences, each at its own position, equals the layer loop."""
+    model = build(family)
+    if mode != "plain":
+        quantize_model(model, mode)
+    n = 16
+    lengths = [2 + 5 * r % 23 for r in range(n)]  # row r holds lengths[r] tokens
+    prefilled = model.new_kv_cache(n, 32)
+    switch(model, False)
+    with torch.inference_mode():
+        for r, length in enumerate(lengths):
+            ids = [(7 * i + r) % 96 for i in range(length)]
+            model(torch.tensor([ids]), torch.arange(length), prefilled, rows=torch.tensor([r]))
+    tol = 2e-3 if mode == "int8" else 2e-5
+    for M in range(1, n + 1):
+        rows = torch.arange(n - M, n)  # the last M rows: the kernel's rows are not 0..M-1
+        pos = torch.tensor([lengths[r] for r in rows.tolist()]).view(M, 1)
+        idx = torch.tensor([[IDS[(3 * r) % len(IDS)]] for r in rows.tolist()])
+        out = []
+        for fast in (True, False):
+            cache = KVCache([t.clone() for t in prefilled.k], [t.clone() for t in prefilled.v])
+            counter = switch(model, fast)
+            with torch.inference_mode():
+                out.append((model(idx, pos, cache, rows=rows), cache))
+            assert counter is None or counter.hits == 1
+        (fast_logits, fast_cache), (loop_logits, loop_cache) = out
+        torch.testing.assert_close(fast_logits, loop_logits, rtol=tol, atol=tol * float(loop_logits.abs().max()))
+        for a, b in zip(fast_cache.k + fast_cache.v, loop_cache.k + loop_cache.v):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
 
 
 def test_hidden_states_and_a_replaced_head():

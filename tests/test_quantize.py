@@ -15,7 +15,7 @@ from lmforge.checkpoint import save_checkpoint
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
 from lmforge.model import GPT
-from lmforge.quantize import KERNEL_MAX_ROWS, QuantizedLinear, quantize_model
+from lmforge.quantize import KERNEL_MAX_ROWS, MODES, QuantizedLinear, quantize_model
 
 needs_kernels = pytest.mark.skipif(cpu_kernels.load() is None, reason="no AVX2 CPU or no C compiler")
 
@@ -200,6 +200,10 @@ def test_skip_and_none_leave_modules_alone():
     q = quantize_model(copy.deepcopy(model), "bf16", skip=("lm_head",))
     assert type(q.lm_head) is torch.nn.Linear and q.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert quantize_model(model, None) is model and type(model.lm_head) is torch.nn.Linear
+
+
+def test_every_mode_has_a_kernel_mode():
+    assert set(MODES) == set(cpu_kernels.header().enums["mode"])  # the kernels' enum, read from lmf_cpu.h
 
 
 def test_unknown_mode_is_a_one_line_error():

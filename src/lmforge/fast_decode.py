@@ -46,25 +46,10 @@ from lmforge.quantize import QuantizedLinear
 # Up to this many tokens per step the kernel's weight-streaming products win (each weight read
 # once for all rows); above, the work is compute-bound and MKL's GEMM in the layer loop is faster.
 MAX_ROWS = 16
-_ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
-_MODES = {"fp32": 0, "bf16": 1, "int8": 2}
-_P, _I64 = ctypes.c_void_p, ctypes.c_int64
-
-
-class _Lin(ctypes.Structure):
-    _fields_ = [("w", _P), ("scale", _P), ("bias", _P), ("N", _I64), ("K", _I64), ("mode", _I64)]
-
-
-class _Layer(ctypes.Structure):
-    _fields_ = [(n, _Lin) for n in ("q", "k", "v", "o", "gate", "up", "down")] + [
-        (n, _P) for n in ("n1_w", "n1_b", "n2_w", "n2_b", "qn_w", "kn_w")]
-
-
-class _Model(ctypes.Structure):
-    _fields_ = [(n, _I64) for n in ("n_layer", "d", "nh", "ng", "hs", "inter", "n_rot")] + [
-        (n, ctypes.c_int) for n in ("norm", "act", "gated", "parallel", "shared_norm")] + [
-        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("layers", ctypes.POINTER(_Layer)),
-        ("nf_w", _P), ("nf_b", _P), ("head", _Lin)]
+# the kernel's structs and enums, as lmf_cpu.h defines them (the one definition; see cpu_kernels)
+_C = cpu_kernels.header()
+_Lin, _Layer, _Model = _C.structs["lmf_lin"], _C.structs["lmf_layer"], _C.structs["lmf_model"]
+_MODES, _ACTIVATIONS, _NORMS = _C.enums["mode"], _C.enums["act"], _C.enums["norm"]
 
 
 def _linear_mode(m: nn.Module) -> str | None:
@@ -188,9 +173,9 @@ class DecodePlan:
         self._struct = _Model(
             cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_query_groups, cfg.head_size, cfg.intermediate_size,
             cfg.rope_n_elem if cfg.position_embedding == "rope" else 0,
-            0 if cfg.norm_class == "rmsnorm" else 1, _ACTIVATIONS[cfg.activation], int(cfg.mlp_class == "gated"),
+            _NORMS[cfg.norm_class], _ACTIVATIONS[cfg.activation], int(cfg.mlp_class == "gated"),
             int(cfg.parallel_residual), int(cfg.parallel_residual and cfg.shared_attention_norm),
-            cfg.norm_eps, model.layers[0].self_attn.scale, self._layers, nf[0], nf[1],
+            cfg.norm_eps, model.layers[0].self_attn.scale, ctypes.addressof(self._layers), nf[0], nf[1],
             lin(head) if self.has_head else lin(None))
         self._model_ptr = ctypes.addressof(self._struct)
         slides = any(cfg.layer_uses_sliding_window(i) for i in range(cfg.n_layer))

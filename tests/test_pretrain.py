@@ -199,6 +199,39 @@ def test_resume_matches_uninterrupted_run(data_dir, full_run, tmp_path, monkeypa
     np.testing.assert_allclose([b[k] for k in b], [a[k] for k in a], rtol=1e-6, atol=1e-6)
 
 
+def _copy_run(full: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(full, dest)
+    return dest
+
+
+def test_resume_after_kill_while_writing_final(full_run, data_dir, tmp_path):
+    # killed after the last checkpoint, while copying it to final/: no final/, no summary.json yet
+    import shutil
+
+    out = _copy_run(full_run, tmp_path / "run")
+    os.replace(out / "final", out / ".final.partial")
+    (out / "summary.json").unlink()
+    s = pretrain(tiny_config(data_dir, out, resume=True))
+    full = json.loads((full_run / "summary.json").read_text())
+    volatile = ("seconds", "final", "checkpoint")
+    assert {k: v for k, v in s.items() if k not in volatile} == {k: v for k, v in full.items() if k not in volatile}
+    assert json.loads((out / "summary.json").read_text())["val_loss"] == full["val_loss"]
+    assert (out / "final" / "model.safetensors").is_file() and not (out / ".final.partial").exists()
+    shutil.rmtree(out)
+
+
+def test_resume_removes_stale_partial_checkpoints(full_run, data_dir, tmp_path):
+    # a run killed while writing checkpoints left half-written .step-N.partial dirs behind
+    out = _copy_run(full_run, tmp_path / "run")
+    for name in (".step-000004.partial", ".step-000006.partial"):
+        (out / "checkpoints" / name).mkdir()
+        (out / "checkpoints" / name / "model.safetensors").write_bytes(b"half")
+    pretrain(tiny_config(data_dir, out, resume=True))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000008"]
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from lmforge.training import pretrain as mod

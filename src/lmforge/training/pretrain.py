@@ -621,8 +621,13 @@ class _Run:
         tokens = int(self.state.get("tokens", 0))
         elapsed_before = float(self.state.get("elapsed", 0.0))
         initial_val = self.state.get("initial_val_loss")
+        # the latest val loss: a run resumed from its last checkpoint (killed while writing final/)
+        # runs no step, and its summary still reports the loss that checkpoint was evaluated at
+        val_loss = self.state.get("val_loss")
 
         self.out.mkdir(parents=True, exist_ok=True)
+        if main:
+            remove_partials(self.out)
         log = RunLog(self.out, cfg.log.tensorboard, cfg.log.plot, resume_step=step if self.state else None) if main else None
         peak = measured_peak_flops(self.device, torch.bfloat16 if self.bf16 else torch.float32) * W
         flops_tok = flops_per_token(self.config, T)
@@ -645,7 +650,6 @@ class _Run:
         t_start = time.perf_counter() - elapsed_before
         t_session, start_step = time.perf_counter(), step
         t_window, tokens_window = time.perf_counter(), 0
-        val_loss = None
         while step < t.max_steps:
             lr = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
             for group in self.optimizer.param_groups:
@@ -685,7 +689,7 @@ class _Run:
                     print(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.1f})", flush=True)
                     log.log({"step": step, "tokens": tokens, "val_loss": val_loss,
                              "val_ppl": math.exp(min(val_loss, 50)), "elapsed_s": elapsed})
-                self._checkpoint(step, tokens, elapsed, initial_val, log)
+                self._checkpoint(step, tokens, elapsed, initial_val, val_loss, log)
                 t_window, tokens_window = time.perf_counter(), 0  # eval time is not training throughput
             if last:
                 break
@@ -746,7 +750,8 @@ class _Run:
         all_reduce_sum(total, self.info)
         return float(total[0] / total[1])
 
-    def _checkpoint(self, step: int, tokens: int, elapsed: float, initial_val: float | None, log: Any) -> None:
+    def _checkpoint(self, step: int, tokens: int, elapsed: float, initial_val: float | None, val_loss: float | None,
+                    log: Any) -> None:
         """Write checkpoints/step-N/ (lmforge checkpoint + train_state.pt) atomically, sample, prune."""
         import torch
 
@@ -757,7 +762,7 @@ class _Run:
         if self.info.is_main:
             state = {
                 "step": step, "tokens": tokens, "elapsed": elapsed, "initial_val_loss": initial_val,
-                "optimizer": osd, "loader": self.loader.state_dict(), "rng": _get_rng_state(self.device),
+                "val_loss": val_loss, "optimizer": osd, "loader": self.loader.state_dict(), "rng": _get_rng_state(self.device),
                 "scheduler": {"kind": "warmup-cosine", "step": step}, "world_size": self.info.world_size,
                 "config": json.dumps(self.cfg.to_dict()),
             }
@@ -817,6 +822,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete training checkpoint under `root` (partial ones are ignored)."""
     done = [p for p in sorted(Path(root).glob("step-*")) if (p / "train_state.pt").is_file()]
     return done[-1] if done else None
+
+
+def remove_partials(out: Path) -> None:
+    """Delete the half-written `.step-N.partial` / `.final.partial` dirs a killed run left behind."""
+    for tmp in [*Path(out).glob(".final.partial"), *(Path(out) / "checkpoints").glob(".step-*.partial")]:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_has_bf16() -> bool:

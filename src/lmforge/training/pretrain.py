@@ -238,16 +238,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> PretrainConfig:
     """A `PretrainConfig` from a YAML file; `overrides` use dotted keys (`**{"train.lr": 1e-3}`)."""
-    import yaml
+    from lmforge._io import read_yaml
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise PretrainConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise PretrainConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(Path(path), PretrainConfigError) if path is not None else {}
     for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")

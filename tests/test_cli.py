@@ -137,3 +137,59 @@ def test_any_config_yaml_is_one_named_error(tmp_path_factory, content):
     path.write_bytes(content)
     msg = _exit_message(["pretrain", "--config", str(path)])
     assert msg is not None and msg.startswith("error: ") and "\n" not in msg and str(path) in msg, msg
+
+
+@pytest.mark.slow
+def test_wheel_install_runs_outside_the_source_tree(tmp_path):
+    """A plain (non-editable) wheel install: --help, models, and pretrain with a packaged config name.
+
+    Offline and quick: the wheel goes with --no-deps into a fresh venv whose dependencies come from
+    this interpreter's site-packages, added as a plain path (so its .pth files, the editable lmforge
+    install among them, are not processed), and nothing runs from the source tree.
+    """
+    import os
+    import sysconfig
+    import zipfile
+    from pathlib import Path
+
+    from test_prepare import DOCS, make_tokenizer
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing from the source tree
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", str(repo), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+                   check=True, cwd=tmp_path, env=env, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("lmforge-*.whl"))
+    assert "lmforge/configs/pretrain/austen-tiny.yaml" in zipfile.ZipFile(wheel).namelist()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", str(wheel)],
+                   check=True, env=env, capture_output=True)
+    site = subprocess.check_output([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   env=env, text=True).strip()
+    (Path(site) / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def lmforge(*args: str) -> str:
+        p = subprocess.run([str(venv / "bin" / "lmforge"), *args], cwd=elsewhere, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p.stdout
+
+    where = subprocess.check_output([venv / "bin" / "python", "-c", "import lmforge; print(lmforge.__file__)"],
+                                    cwd=elsewhere, env=env, text=True)
+    assert where.startswith(site), where
+    assert "pretrain" in lmforge("--help")
+    assert "pythia-14m" in lmforge("models")
+    tok = make_tokenizer(elsewhere / "tok", DOCS, vocab_size=300)
+    corpus = elsewhere / "corpus"
+    corpus.mkdir()
+    for i, doc in enumerate(DOCS * 3):
+        (corpus / f"d{i:02d}.txt").write_text(doc.replace("Chapter", f"Part {i}"), encoding="utf-8")
+    lmforge("prepare", "corpus", "--tokenizer", str(tok), "--out_dir", "data", "--val_fraction", "0.15")
+    out = lmforge("pretrain", "--config", "austen-tiny", "--data.dir", "data", "--out_dir", "run",
+                  "--train.max_steps", "2", "--log.tensorboard", "false", "--log.plot", "false")
+    assert "pretrain: austen-tiny" in out and "done: 2 steps" in out
+    assert (elsewhere / "run" / "final" / "model.safetensors").is_file()

@@ -10,7 +10,6 @@ import importlib
 import inspect
 import os
 import sys
-from pathlib import Path
 
 # verb -> (module, function or {subverb: function}, one-line summary)
 VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
@@ -66,7 +65,7 @@ def run(argv: list[str]) -> object:
 
     verb, rest = argv[0], [_normalize_flag(a) for a in argv[1:]]
     fn = _resolve(verb)
-    configs = _config_files(rest)
+    rest, configs = _config_files(rest)
     # an error in the options may come from a config file: say which files were read
     where = f" (with --config {', '.join(configs)})" if configs else ""
     parser = auto_parser(fn, as_positional=True, prog=f"lmforge {verb}", exit_on_error=False)
@@ -84,23 +83,34 @@ def run(argv: list[str]) -> object:
     return fn(**{name: init[name] for name in inspect.signature(fn).parameters})
 
 
-def _config_files(args: list[str]) -> list[str]:
-    """The `--config FILE` files among `args`, each checked to be a non-empty YAML mapping.
+def _config_files(args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` with each `--config NAME` of a packaged config (`austen-tiny`) made its file path, and
+    the `--config` files, each checked to be a non-empty YAML mapping.
 
     jsonargparse would report a binary or malformed file as a UnicodeDecodeError or as a problem
-    `in "<unicode string>"`: here the error names the file. (A `--config` value that is no file is
-    inline YAML, left to jsonargparse.)
+    `in "<unicode string>"`: here the error names the file. (A `--config` value that is neither a
+    file nor a packaged name is inline YAML, left to jsonargparse.)
     """
     from lmforge._io import read_yaml
+    from lmforge.configs import find_config
     from lmforge.errors import LmforgeError
 
-    values = [b for a, b in zip(args, args[1:]) if a == "--config"]
-    values += [a.partition("=")[2] for a in args if a.startswith("--config=")]
-    files = [v for v in values if Path(v).is_file()]
-    for f in files:
-        if not read_yaml(Path(f), LmforgeError):
-            raise LmforgeError(f"{f}: no options in this config file (expected key: value lines)")
-    return files
+    args, files = list(args), []
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag != "--config" or (not eq and i + 1 == len(args)):
+            continue
+        path = find_config(value if eq else args[i + 1])
+        if not path.is_file():
+            continue
+        if not read_yaml(path, LmforgeError):
+            raise LmforgeError(f"{path}: no options in this config file (expected key: value lines)")
+        if eq:
+            args[i] = f"--config={path}"
+        else:
+            args[i + 1] = str(path)
+        files.append(str(path))
+    return args, files
 
 
 def _check_groups(parser: object, cfg: object) -> None:

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/train_speed.py --models pythia-14m --rounds 3 --steps 2
     .venv/bin/python benchmarks/train_speed.py --compile            # adds an "ours+compile" row
 
-The lmforge side runs `lmforge.training.pretrain.train_step` — exactly what `lmforge pretrain` does
+The lmforge side runs `lmforge.training.step.train_step` — exactly what `lmforge pretrain` does
 per optimizer step: forward to the final hidden states, the fused chunked head + cross-entropy, backward,
 gradient clipping (1.0), AdamW over pretrain's parameter groups (fused kernel), zero_grad. The HF side is
 the plain loop a user writes: forward, `F.cross_entropy` on the full logits, backward,
@@ -50,14 +50,15 @@ def make_step(model, hf: bool, bf16: bool, device: torch.device):
     """One optimizer step on one micro-batch: lmforge's `train_step`, or HF's plain loop."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     if not hf:
+        from lmforge.training.config import TrainArgs
         from lmforge.training.optim import make_adamw
-        from lmforge.training.pretrain import TrainArgs, train_step
+        from lmforge.training.step import next_token_loss, train_step
 
         t = TrainArgs()  # pretrain's defaults: lr, betas, weight decay, eps, grad_clip
         opt = make_adamw(model, t.lr, t.weight_decay, t.betas, t.eps)
 
         def step(x: torch.Tensor, y: torch.Tensor) -> float:
-            loss_sum, _ = train_step(model, opt, lambda: (x, y), 1, t.grad_clip, autocast)
+            loss_sum, _, _ = train_step(model, opt, lambda: (x, y), next_token_loss, 1, t.grad_clip, autocast)
             return float(loss_sum)
 
         return step
@@ -102,7 +103,7 @@ def bench(name: str, args, device: torch.device) -> list[dict]:
     for prec in args.precisions:
         bf16 = prec == "bf16"
         if bf16 and device.type == "cpu" and not args.allow_emulated_bf16:
-            from lmforge.training.pretrain import cpu_has_bf16
+            from lmforge.training.step import cpu_has_bf16
 
             if not cpu_has_bf16():
                 print(f"{name} bf16: skipped (this CPU has no native bf16; pass --allow-emulated-bf16 to time it anyway)")

@@ -143,7 +143,7 @@ def _gpt(**overrides):
                                        {"final_logit_softcap": 3.0}])
 def test_lm_loss_equals_cross_entropy_of_the_logits(overrides, monkeypatch):
     from lmforge.training import loss as loss_module
-    from lmforge.training.pretrain import lm_loss
+    from lmforge.training.step import lm_loss
 
     calls = []
     real = loss_module.fused_linear_cross_entropy
@@ -169,7 +169,7 @@ def test_lm_loss_equals_cross_entropy_of_the_logits(overrides, monkeypatch):
 
 
 def test_lm_loss_with_a_replaced_head_uses_its_output():
-    from lmforge.training.pretrain import lm_loss
+    from lmforge.training.step import lm_loss
 
     model = _gpt()
     model.lm_head = nn.Linear(32, 2).double()  # a classifier head: not over the vocabulary
@@ -182,7 +182,7 @@ def test_lm_loss_with_a_replaced_head_uses_its_output():
 def test_train_step_matches_a_plain_loop(grad_clip):
     """pretrain's step (fused loss, fused AdamW, clipping) == forward/CE/backward/clip_grad_norm_/AdamW."""
     from lmforge.training.optim import make_adamw
-    from lmforge.training.pretrain import train_step
+    from lmforge.training.step import next_token_loss, train_step
 
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randint(0, 96, (2, 8), generator=g), torch.randint(0, 96, (2, 8), generator=g))
@@ -193,7 +193,8 @@ def test_train_step_matches_a_plain_loop(grad_clip):
     ref_opt = make_adamw(ref, 1e-2, 0.1, (0.9, 0.95), fused=False)
     it = iter(batches)
     for step in range(2):  # 2 steps of 2 accumulated micro-batches
-        loss_sum, norm = train_step(ours, opt, lambda: next(it), 2, grad_clip)
+        loss_sum, norm, metrics = train_step(ours, opt, lambda: next(it), next_token_loss, 2, grad_clip)
+        assert metrics == {}
         ref_sum = 0.0
         for x, y in batches[2 * step: 2 * step + 2]:
             loss = F.cross_entropy(ref(x).flatten(0, 1), y.flatten())
@@ -230,14 +231,14 @@ def test_both_logsumexp_strategies_are_exact(host_sync):
 
 
 def test_lm_loss_with_activation_checkpointing():
-    from lmforge.training.pretrain import _checkpoint_blocks, lm_loss
+    from lmforge.training.step import checkpoint_blocks, lm_loss
 
     x, y = torch.randint(0, 96, (2, 12)), torch.randint(0, 96, (2, 12))
     grads = []
     for recompute in (False, True):
         model = _gpt()
         if recompute:
-            _checkpoint_blocks(model)
+            checkpoint_blocks(model)
         lm_loss(model, x, y).backward()
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):

@@ -19,11 +19,11 @@ import torch
 
 from lmforge.data.loader import TokenData, WindowLoader
 from lmforge.data.prepare import DataError, prepare
-from lmforge.training.pretrain import PretrainConfig, PretrainConfigError, load_config, pretrain, pretrain_cli
+from lmforge.training.config import TrainConfigError
+from lmforge.training.pretrain import PretrainConfig, load_config, pretrain, pretrain_cli
 
 from test_prepare import DOCS, make_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,25 +178,58 @@ class _Stop(Exception):
 def test_resume_matches_uninterrupted_run(data_dir, full_run, tmp_path, monkeypatch):
     full = full_run
     # interrupted: the run dies right after its step-4 checkpoint, then resumes
-    from lmforge.training import pretrain as mod
+    from lmforge.training import loop
 
-    original = mod._Run._checkpoint
+    original = loop.save_train_checkpoint
 
-    def dying(self, step, *a, **k):
-        original(self, step, *a, **k)
+    def dying(root, step, *a, **k):
+        original(root, step, *a, **k)
         if step == 4:
             raise _Stop
 
     part = tmp_path / "part"
-    monkeypatch.setattr(mod._Run, "_checkpoint", dying)
+    monkeypatch.setattr(loop, "save_train_checkpoint", dying)
     with pytest.raises(_Stop):
         pretrain(tiny_config(data_dir, part))
-    monkeypatch.setattr(mod._Run, "_checkpoint", original)
+    monkeypatch.setattr(loop, "save_train_checkpoint", original)
     s = pretrain(tiny_config(data_dir, part, resume=True))
     assert s["steps"] == 8
     a, b = train_losses(full), train_losses(part)
     assert list(a) == list(b)
     np.testing.assert_allclose([b[k] for k in b], [a[k] for k in a], rtol=1e-6, atol=1e-6)
+
+
+def _copy_run(full: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(full, dest)
+    return dest
+
+
+def test_resume_after_kill_while_writing_final(full_run, data_dir, tmp_path):
+    # killed after the last checkpoint, while copying it to final/: no final/, no summary.json yet
+    import shutil
+
+    out = _copy_run(full_run, tmp_path / "run")
+    os.replace(out / "final", out / ".final.partial")
+    (out / "summary.json").unlink()
+    s = pretrain(tiny_config(data_dir, out, resume=True))
+    full = json.loads((full_run / "summary.json").read_text())
+    volatile = ("seconds", "final", "checkpoint")
+    assert {k: v for k, v in s.items() if k not in volatile} == {k: v for k, v in full.items() if k not in volatile}
+    assert json.loads((out / "summary.json").read_text())["val_loss"] == full["val_loss"]
+    assert (out / "final" / "model.safetensors").is_file() and not (out / ".final.partial").exists()
+    shutil.rmtree(out)
+
+
+def test_resume_removes_stale_partial_checkpoints(full_run, data_dir, tmp_path):
+    # a run killed while writing checkpoints left half-written .step-N.partial dirs behind
+    out = _copy_run(full_run, tmp_path / "run")
+    for name in (".step-000004.partial", ".step-000006.partial"):
+        (out / "checkpoints" / name).mkdir()
+        (out / "checkpoints" / name / "model.safetensors").write_bytes(b"half")
+    pretrain(tiny_config(data_dir, out, resume=True))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000008"]
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -278,18 +311,18 @@ def test_two_processes_match_one(data_dir, tmp_path, strategy):
 # bad input: one-line errors before training
 # ---------------------------------------------------------------------------------------------
 def test_block_size_larger_than_context(data_dir, tmp_path):
-    with pytest.raises(PretrainConfigError, match="block_size=128 is larger than the model's context"):
+    with pytest.raises(TrainConfigError, match="block_size=128 is larger than the model's context"):
         pretrain(tiny_config(data_dir, tmp_path / "o", **{"data.block_size": 128}))
 
 
 def test_missing_data_dir_and_bad_values(tmp_path, data_dir):
     with pytest.raises(DataError, match="no such data directory"):
         pretrain(tiny_config(tmp_path / "nothing", tmp_path / "o"))
-    with pytest.raises(PretrainConfigError, match="multiple of train.micro_batch_size"):
+    with pytest.raises(TrainConfigError, match="multiple of train.micro_batch_size"):
         tiny_config(data_dir, tmp_path / "o", **{"train.global_batch_size": 6})
-    with pytest.raises(PretrainConfigError, match="exactly one of model"):
+    with pytest.raises(TrainConfigError, match="exactly one of model"):
         PretrainConfig(data={"dir": "x"})
-    with pytest.raises(PretrainConfigError, match=r"unknown key 'train.lrr' \(did you mean 'train.'lr''?\)|unknown key 'train.lrr'"):
+    with pytest.raises(TrainConfigError, match=r"unknown key 'train.lrr' \(did you mean 'train.'lr''?\)|unknown key 'train.lrr'"):
         tiny_config(data_dir, tmp_path / "o", **{"train.lrr": 1.0})
 
 
@@ -321,7 +354,11 @@ def test_cli_signature_mirrors_config():
 def test_shipped_yaml_parses():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    for path in sorted((ROOT / "configs" / "pretrain").glob("*.yaml")):
+    from lmforge.configs import named_configs
+
+    shipped = sorted(set(named_configs().values()))
+    assert shipped
+    for path in shipped:
         cfg = load_config(path)
         assert cfg.model is not None
         parser = ArgumentParser(exit_on_error=False)
@@ -329,3 +366,77 @@ def test_shipped_yaml_parses():
         parser.add_function_arguments(pretrain_cli)
         ns = parser.parse_args(["--config", str(path)])
         assert ns.train.max_steps == cfg.train.max_steps
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared loop: any loss function, frozen parameters, layering
+# ---------------------------------------------------------------------------------------------
+class _Batches:
+    """A minimal batch source: fixed random (x, y) micro-batches with a position to resume from."""
+
+    def __init__(self, n: int = 64, vocab: int = 320) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.data = torch.randint(0, vocab, (n, 2, 17), generator=g)
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        rows = self.data[self.index % len(self.data)]
+        self.index += 1
+        return rows[:, :-1], rows[:, 1:]
+
+    def state_dict(self):
+        return {"index": self.index}
+
+    def load_state_dict(self, state):
+        self.index = state["index"]
+
+
+def test_train_loop_takes_any_loss_and_leaves_frozen_parameters(tmp_path):
+    from lmforge.config import Config
+    from lmforge.model import GPT
+    from lmforge.training import distributed
+    from lmforge.training.config import EvalArgs, LogArgs, TrainArgs
+    from lmforge.training.loop import train_loop
+    from lmforge.training.step import lm_loss
+
+    torch.manual_seed(0)
+    config = Config(name="t", n_layer=1, n_embd=32, n_head=2, intermediate_size=64, vocab_size=320, block_size=32)
+    model = GPT(config)
+    model.init_weights()
+    model.embed_tokens.weight.requires_grad_(False)  # frozen: as LoRA freezes the base model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def loss_fn(m, batch):  # a recipe's own loss, with a metric
+        x, y = batch
+        return lm_loss(m, x, y), {"scored": torch.tensor(float(y.numel()))}
+
+    saved = []
+    s = train_loop(model, _Batches(), loss_fn, lambda d, msd: saved.append(sorted(msd)),
+                   train=TrainArgs(max_steps=3, global_batch_size=4, micro_batch_size=2, warmup_steps=0),
+                   eval=EvalArgs(interval=2, initial=False), log=LogArgs(interval=1, tensorboard=False, plot=False),
+                   out_dir=tmp_path, info=distributed.setup(torch.device("cpu")), seq_len=16)
+    assert s["steps"] == 3 and s["tokens"] == 3 * 4 * 16 and s["val_loss"] is None
+    assert len(saved) == 2 and sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002",
+                                                                                                "step-000003"]
+    after = model.state_dict()
+    assert torch.equal(after["embed_tokens.weight"], before["embed_tokens.weight"])
+    assert not torch.equal(after["layers.0.self_attn.q_proj.weight"], before["layers.0.self_attn.q_proj.weight"])
+    osd = torch.load(tmp_path / "checkpoints" / "step-000003" / "train_state.pt", weights_only=True)["optimizer"]
+    in_optimizer = {name for group in osd["param_groups"] for name in group["params"]}
+    assert "layers.0.self_attn.q_proj.weight" in in_optimizer
+    assert "embed_tokens.weight" not in in_optimizer  # the optimizer never saw the frozen table
+
+
+def test_training_imports_neither_cli_nor_demo():
+    import ast
+
+    import lmforge.training
+
+    for path in Path(lmforge.training.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith(("lmforge.cli", "lmforge.demo")) for n in names), path.name

@@ -1,5 +1,6 @@
-"""Small helpers shared by every layer: atomic writes (temp file + rename), JSON files, the cache
-home and dtype names. Nothing here imports torch at module level."""
+"""Small helpers shared by every layer: atomic writes (temp file + rename), reading JSON/YAML files
+with one-line errors that name the file, the cache home and dtype names. Nothing here imports torch at
+module level."""
 
 from __future__ import annotations
 
@@ -56,13 +57,54 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
 
 
-def read_json(path: Path, error: type[Exception] = ValueError) -> object:
-    """Parse a JSON file; a missing or malformed file raises `error` with one line naming it."""
-    import json
-
+def read_text(path: Path, error: type[Exception] = ValueError) -> str:
+    """A UTF-8 text file's content; a missing, unreadable or binary file raises `error` naming it."""
     try:
-        return json.loads(Path(path).read_text())
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}); is it a binary file?") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_json(path: Path, error: type[Exception] = ValueError) -> dict:
+    """A JSON object from a file; a missing, malformed or non-object file raises `error` naming it."""
+    import json
+
+    text = read_text(path, error)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {_kind(data)}")
+    return data
+
+
+def read_yaml(path: Path, error: type[Exception] = ValueError) -> dict:
+    """A YAML mapping from a file (an empty file is `{}`); anything else raises `error` naming the file."""
+    import yaml
+
+    text = read_text(path, error)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{path}: not valid YAML ({problem}{where})") from None
+    except (ValueError, RecursionError) as e:  # e.g. a date-like value that is no date (2001-13-01)
+        raise error(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a YAML mapping of options (key: value lines), got {_kind(data)}")
+    return data
+
+
+def _kind(value: object) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)

@@ -7,6 +7,7 @@ help). Verbs are imported only when run, so `lmforge --help` imports neither tor
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 
@@ -55,20 +56,75 @@ def _normalize_flag(arg: str) -> str:
 
 
 def run(argv: list[str]) -> object:
-    """Run one verb with its arguments; bad flags raise `LmforgeError` (one line)."""
+    """Run one verb with its arguments; bad flags or --config files raise `LmforgeError` (one line)."""
     from argparse import ArgumentError
 
-    from jsonargparse import auto_cli
+    from jsonargparse import auto_parser
 
     from lmforge.errors import LmforgeError
 
     verb, rest = argv[0], [_normalize_flag(a) for a in argv[1:]]
     fn = _resolve(verb)
+    rest, configs = _config_files(rest)
+    # an error in the options may come from a config file: say which files were read
+    where = f" (with --config {', '.join(configs)})" if configs else ""
+    parser = auto_parser(fn, as_positional=True, prog=f"lmforge {verb}", exit_on_error=False)
     try:
-        return auto_cli(fn, args=rest, as_positional=True, prog=f"lmforge {verb}", exit_on_error=False)
+        cfg = parser.parse_args(rest)
+        _check_groups(parser, cfg)
+        init = parser.instantiate(cfg)  # builds the dataclass groups: their checks run here
     except ArgumentError as e:
         msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        raise LmforgeError(f"lmforge {verb}: {msg} (see 'lmforge {verb} --help')") from None
+        raise LmforgeError(f"lmforge {verb}: {msg}{where} (see 'lmforge {verb} --help')") from None
+    except LmforgeError as e:
+        raise LmforgeError(f"{e}{where}") from None
+    if isinstance(fn, dict):  # `lmforge tokenizer train …`: the subverb's own options
+        fn, init = fn[init["subcommand"]], init[init["subcommand"]]
+    return fn(**{name: init[name] for name in inspect.signature(fn).parameters})
+
+
+def _config_files(args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` with each `--config NAME` of a packaged config (`austen-tiny`) made its file path, and
+    the `--config` files, each checked to be a non-empty YAML mapping.
+
+    jsonargparse would report a binary or malformed file as a UnicodeDecodeError or as a problem
+    `in "<unicode string>"`: here the error names the file. (A `--config` value that is neither a
+    file nor a packaged name is inline YAML, left to jsonargparse.)
+    """
+    from lmforge._io import read_yaml
+    from lmforge.configs import find_config
+    from lmforge.errors import LmforgeError
+
+    args, files = list(args), []
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag != "--config" or (not eq and i + 1 == len(args)):
+            continue
+        path = find_config(value if eq else args[i + 1])
+        if not path.is_file():
+            continue
+        if not read_yaml(path, LmforgeError):
+            raise LmforgeError(f"{path}: no options in this config file (expected key: value lines)")
+        if eq:
+            args[i] = f"--config={path}"
+        else:
+            args[i + 1] = str(path)
+        files.append(str(path))
+    return args, files
+
+
+def _check_groups(parser: object, cfg: object) -> None:
+    """A group of options (`train:`) given a value that is no mapping (`train: 3`) in a config file.
+
+    jsonargparse accepts it and then fails with a TypeError while building the group.
+    """
+    from jsonargparse import Namespace
+
+    from lmforge.errors import LmforgeError
+
+    for name in parser.groups:  # the dataclass groups of the verb's signature (data, train, …)
+        if "." not in name and name in cfg and not isinstance(cfg[name], Namespace):
+            raise LmforgeError(f"'{name}' must be a mapping of {name}.* options, got {cfg[name]!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,14 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import shutil
 import time
 from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG = "austen-tiny"  # lmforge/configs/pretrain/austen-tiny.yaml, shipped in the package
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -50,7 +56,66 @@ def demo(out: str = "out/demo", minutes: float = 3.0, skip_pretrain: bool = Fals
 
     if not skip_pretrain:
         print(f"\n== 3/3  pretraining a small model from scratch on Jane Austen ({minutes:g} min budget)")
-        from lmforge.training.pretrain import demo_pretrain
-
         demo_pretrain(out_dir / "austen", minutes=minutes)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; outputs under {out_dir}/")
+
+
+def demo_pretrain(out_dir: str | Path, minutes: float = 3.0, vocab_size: int = 4096,
+                  config: str | Path | None = None) -> dict[str, Any]:
+    """Train a byte-level BPE on Jane Austen, prepare the novels, pretrain a small model, sample it.
+
+    Args:
+        out_dir: where the tokenizer, the prepared data and the run go.
+        minutes: wall-clock budget of the training loop.
+        vocab_size: size of the BPE vocabulary trained on the corpus.
+        config: the pretrain YAML file or packaged config name (default austen-tiny).
+
+    Returns:
+        The run summary (val loss before/after, steps, tokens, final checkpoint dir).
+    """
+    from lmforge.assets import fetch_asset
+    from lmforge.data.prepare import prepare
+    from lmforge.training.pretrain import load_config, pretrain
+
+    out = Path(out_dir)
+    corpus = fetch_asset("austen")
+    tok_dir = out / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        from lmforge.data.corpus import iter_texts
+        from lmforge.tokenizer import train_bpe
+
+        files = sorted(str(p) for p in Path(corpus).glob("*.txt"))
+        print(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {len(files)} novels", flush=True)
+        tok = train_bpe(iter_texts(files), vocab_size=vocab_size)
+        tok.save(tok_dir)
+    prepare(str(corpus), tokenizer=str(tok_dir), out_dir=str(out / "data"), val_fraction=0.1, workers=2)
+    t0 = time.perf_counter()
+    cfg = load_config(config or DEMO_CONFIG, out_dir=str(out / "run"), **{"data.dir": str(out / "data")})
+    # fit the cosine schedule to the time budget: time a few steps of this model on this machine first
+    # (from the per-step log, skipping the first steps, which pay for warm-up and allocation)
+    n_probe = 6
+    probe = dataclasses.replace(cfg, out_dir=str(out / "calibrate"), resume=False,
+                                train=dataclasses.replace(cfg.train, max_steps=n_probe, max_minutes=None),
+                                eval=dataclasses.replace(cfg.eval, initial=False, val_batches=0, sample_prompt=""),
+                                log=dataclasses.replace(cfg.log, interval=1, tensorboard=False, plot=False))
+    print(f"timing {n_probe} training steps to fit the schedule to the time budget", flush=True)
+    probe_summary = pretrain(probe)
+    with open(out / "calibrate" / "log.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["train_loss"]]
+    if len(rows) >= 4:
+        per_step = (float(rows[-1]["elapsed_s"]) - float(rows[1]["elapsed_s"])) / (len(rows) - 2)
+    else:
+        per_step = probe_summary["seconds"] / n_probe
+    shutil.rmtree(out / "calibrate", ignore_errors=True)
+    budget = max(60 * minutes - (time.perf_counter() - t0), per_step * 10)
+    steps = max(10, int(0.85 * budget / per_step))  # ~15% for evaluations and checkpoints
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, max_steps=steps, max_minutes=budget / 60,
+                                       warmup_steps=min(cfg.train.warmup_steps, steps // 10)),
+        eval=dataclasses.replace(cfg.eval, interval=max(1, steps // 4)))
+    print(f"{per_step:.1f} s/step here: training {steps} steps", flush=True)
+    summary = pretrain(cfg)
+    if summary.get("initial_val_loss") is not None and summary.get("val_loss") is not None:
+        print(f"val loss: {summary['initial_val_loss']:.3f} untrained -> {summary['val_loss']:.3f} after "
+              f"{summary['steps']} steps ({summary['tokens']:,} tokens); loss curve: {out / 'run' / 'loss.png'}")
+    return summary

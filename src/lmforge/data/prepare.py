@@ -186,6 +186,10 @@ def tokenizer_sha256(source: Path) -> str:
     """A hash identifying the tokenizer: its files' names and bytes (or the .gguf file's bytes)."""
     h = hashlib.sha256()
     if source.is_file():
+        if source.suffix not in (".gguf", ".tiktoken") and source.name not in TOKENIZER_FILES:
+            # any other file would be read as "its folder", and the error would name the folder
+            raise DataError(f"{source}: not a tokenizer file (pass a tokenizer/checkpoint dir, its tokenizer.json "
+                            f"or tokenizer.model, or a .gguf file)")
         h.update(source.name.encode())
         _hash_file(source, h)
     elif source.is_dir():

@@ -136,6 +136,8 @@ class RunLog:
         atomic_write(self.csv_path, write)
 
     def log(self, row: dict[str, Any]) -> None:
+        """One CSV row (the CSV_FIELDS); TensorBoard also gets a recipe's extra metrics (other keys)."""
+        extra = {k: v for k, v in row.items() if k not in CSV_FIELDS and v is not None}
         row = {k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS}
         self.rows.append(row)
         with open(self.csv_path, "a", newline="") as f:
@@ -144,6 +146,8 @@ class RunLog:
             for key in ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_sec", "mfu"):
                 if row[key] != "":
                     self.tb.add_scalar(key, float(row[key]), int(row["step"]))
+            for key, value in extra.items():
+                self.tb.add_scalar(key, float(value), int(row["step"]))
 
     def text(self, tag: str, text: str, step: int) -> None:
         if self.tb is not None:

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from lmforge.config import Config, ConfigError  # noqa: E402
 from lmforge.convert.hf import CONVERTERS, export_hf, load_hf_checkpoint  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.hf_config import ARCHITECTURES, config_from_hf, config_to_hf  # noqa: E402
+from lmforge.hf_config import ARCHITECTURES, config_to_hf  # noqa: E402
 from lmforge.model import GPT  # noqa: E402
 
 B, T, VOCAB = 2, 24, 128
@@ -262,7 +262,7 @@ def test_mistyped_config_key():
     hf = config_to_hf(Config())
     hf["num_hidden_layers"] = "2"
     with pytest.raises(ConfigError, match=r"x/config.json: key 'num_hidden_layers' must be an int, got '2'"):
-        config_from_hf(hf, "x/config.json")
+        Config.from_hf(hf, "x/config.json")
 
 
 def test_truncated_safetensors(saved_llama: Path, tmp_path: Path):
@@ -337,21 +337,21 @@ def test_legacy_rope_keys_are_read():
                    num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=131072,
                    rope_theta=500000.0, rope_scaling=dict(factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
                                                           original_max_position_embeddings=8192, rope_type="llama3"))
-    c = config_from_hf(llama31, "llama/config.json")
+    c = Config.from_hf(llama31, "llama/config.json")
     assert c.rope_base == 500000.0 and c.rope_scaling["factor"] == 32.0
     assert c.rope_scaling["original_max_position_embeddings"] == 8192
     neox = dict(architectures=["GPTNeoXForCausalLM"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=256, vocab_size=VOCAB, rotary_pct=0.5, rotary_emb_base=5000)
-    c = config_from_hf(neox, "neox/config.json")
+    c = Config.from_hf(neox, "neox/config.json")
     assert (c.rotary_percentage, c.rope_base, c.parallel_residual) == (0.5, 5000.0, True)
     with pytest.raises(ConfigError, match=r"neox/config.json: rope type 'yarn' is not supported"):
-        config_from_hf(dict(neox, rope_scaling={"rope_type": "yarn", "factor": 4.0}), "neox/config.json")
+        Config.from_hf(dict(neox, rope_scaling={"rope_type": "yarn", "factor": 4.0}), "neox/config.json")
 
 
 def test_model_type_without_architectures():
     hf = config_to_hf(Config(hf_architecture="Qwen3ForCausalLM", qk_norm="head"))
     del hf["architectures"]
-    assert config_from_hf(hf).hf_architecture == "Qwen3ForCausalLM"
+    assert Config.from_hf(hf).hf_architecture == "Qwen3ForCausalLM"
 
 
 def test_export_refuses_what_the_architecture_cannot_express(tmp_path: Path):
@@ -423,3 +423,4 @@ def test_modules_import_without_torch():
 
     code = "import sys, lmforge.hf_config, lmforge.convert.hf; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+

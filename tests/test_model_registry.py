@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from lmforge.cli import main as cli_main
-from lmforge.config import Config, ConfigError
+from lmforge.config import Config, ConfigError, get_config, list_configs, named_configs
 from lmforge.model import GPT
-from lmforge.model_registry import ALIASES, CONFIGS, FAMILY, FAMILY_MODULES, get_config, list_configs
+from lmforge.model_registry import ALIASES, FAMILY, FAMILY_MODULES
 from lmforge.verbs.models import models, short_count
+
+CONFIGS = named_configs()
 
 # Parameter counts published for the checkpoints (model cards, safetensors metadata); each was also
 # checked against the same architecture built by `transformers` on the meta device.
@@ -268,3 +270,19 @@ def test_listing_models_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Llama-3.1-405B" in done.stdout
+
+
+# ---- layering (#12) ------------------------------------------------------------------------------
+_CONFIG_LAYER = {"lmforge.config", "lmforge.hf_config", "lmforge.model_registry", "lmforge.errors", "lmforge._io"}
+
+
+def test_config_imports_its_data_and_nothing_imports_config_back():
+    # every import counts, those inside functions too; only `if TYPE_CHECKING:` ones are left out
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("lmforge", exclude_type_checking_imports=True, cache_dir=None)
+    for data in ("lmforge.hf_config", "lmforge.model_registry"):
+        back = graph.find_shortest_chains(importer=data, imported="lmforge.config", as_packages=True)
+        assert not back, f"{data} imports lmforge.config: {sorted(back)}"
+        assert graph.find_shortest_chains(importer=data, imported="lmforge.model", as_packages=True) == set()
+    # the model reaches the config layer and nothing above it
+    assert graph.find_upstream_modules("lmforge.model") <= _CONFIG_LAYER

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmforge.cli import main as cli_main
 from lmforge.config import Config, ConfigError, get_config, list_configs, named_configs
@@ -213,6 +215,30 @@ def test_unknown_override_is_one_line_naming_it():
 def test_inconsistent_override_is_a_config_error():
     with pytest.raises(ConfigError, match="n_query_groups"):
         get_config("Llama-3-8B", n_query_groups=5)  # 5 kv heads cannot serve 32 query heads
+
+
+# the shape fields (the ones re-derived on override), `name` (a field too) and an unknown key
+_OVERRIDE_KEYS = ["name", "vocab_size", "n_layer", "n_embd", "n_head", "n_query_groups", "head_size",
+                  "intermediate_size", "block_size", "sliding_window", "n_layers"]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(name=st.sampled_from(sorted(CONFIGS)), overrides=st.dictionaries(
+    st.sampled_from(_OVERRIDE_KEYS),
+    st.integers(-2, 9) | st.none() | st.booleans() | st.floats(-2, 2, allow_nan=False) | st.text(max_size=5),
+    max_size=3))
+def test_any_overrides_give_a_buildable_config_or_one_line_error(name, overrides):
+    try:
+        config = get_config(name, **overrides)
+    except ConfigError as e:
+        assert "\n" not in str(e), str(e)
+        return
+    try:
+        with torch.device("meta"):
+            model = GPT(config)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ZeroDivisionError) as e:
+        pytest.fail(f"get_config({name!r}, **{overrides}) was accepted but GPT fails: {e!r}")
+    assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
 
 
 @pytest.mark.parametrize("family", FAMILY_MODULES)

@@ -117,6 +117,17 @@ class Config:
     """Where the named config's numbers come from (an HF repo's config.json)."""
 
     def __post_init__(self) -> None:
+        # sizes first: the derivations below divide by them, the model allocates them
+        for key in ("vocab_size", "n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
+                    "block_size"):
+            value = getattr(self, key)
+            if value is None and key in ("n_query_groups", "head_size", "intermediate_size"):
+                continue  # derived below
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key} must be an int >= 1, got {value!r}")
+        for key in ("sliding_window", "attn_scale_base", "attn_logit_softcap", "final_logit_softcap"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0 (or None for none), got {getattr(self, key)!r}")
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
         if self.head_size is None:
@@ -239,7 +250,7 @@ class Config:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> Config:
+    def from_name(cls, name: str, /, **overrides: Any) -> Config:
         """A fresh copy of a named config (`lmforge models` lists them), with `overrides` applied.
 
         Args:
@@ -323,7 +334,7 @@ def named_configs() -> dict[str, Config]:
     return {name: Config(**fields) for name, fields in ENTRIES.items()}
 
 
-def get_config(name: str, **overrides: Any) -> Config:
+def get_config(name: str, /, **overrides: Any) -> Config:
     """`Config.from_name(name, **overrides)`: a fresh copy of a named config."""
     return Config.from_name(name, **overrides)
 

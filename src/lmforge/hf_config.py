@@ -39,6 +39,7 @@ _SLIDING, _FULL = "sliding_attention", "full_attention"
 # ---------------------------------------------------------------------------------------------
 _KINDS: dict[str, Callable[[Any], bool]] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "positive int": lambda v: _KINDS["int"](v) and v > 0,
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "bool": lambda v: isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
@@ -179,7 +180,7 @@ def _decoder(h: _HF, head_dim: bool = True, partial_rope: bool = False, gqa: boo
 
     `head_dim`/`gqa`: the architecture reads `head_dim`/`num_key_value_heads` (else they are derived).
     """
-    n_embd, n_head = h("hidden_size", "int"), h("num_attention_heads", "int")
+    n_embd, n_head = h("hidden_size", "int"), h("num_attention_heads", "positive int")  # divides below
     return dict(
         vocab_size=h("vocab_size", "int"),
         n_layer=h("num_hidden_layers", "int"),
@@ -480,10 +481,11 @@ def hf_architecture(hf: dict[str, Any], source: str) -> str:
     if isinstance(archs, list) and archs:
         name = archs[0]
     elif "model_type" in hf:
-        name = _BY_MODEL_TYPE.get(hf["model_type"], hf["model_type"])
+        name = hf["model_type"]
+        name = _BY_MODEL_TYPE.get(name, name) if isinstance(name, str) else name
     else:
         raise ConfigError(f"{source}: neither 'architectures' nor 'model_type' is set; is this an HF config.json?")
-    if name not in ARCHITECTURES:
+    if not isinstance(name, str) or name not in ARCHITECTURES:
         raise ConfigError(f"{source}: architecture {name!r} is not supported "
                           f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     return name

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
 from lmforge.config import Config, ConfigError  # noqa: E402
 from lmforge.convert.hf import CONVERTERS, export_hf, load_hf_checkpoint  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.hf_config import ARCHITECTURES, config_from_hf, config_to_hf  # noqa: E402
+from lmforge.hf_config import ARCHITECTURES, config_to_hf  # noqa: E402
 from lmforge.model import GPT  # noqa: E402
 
 B, T, VOCAB = 2, 24, 128
@@ -262,7 +264,7 @@ def test_mistyped_config_key():
     hf = config_to_hf(Config())
     hf["num_hidden_layers"] = "2"
     with pytest.raises(ConfigError, match=r"x/config.json: key 'num_hidden_layers' must be an int, got '2'"):
-        config_from_hf(hf, "x/config.json")
+        Config.from_hf(hf, "x/config.json")
 
 
 def test_truncated_safetensors(saved_llama: Path, tmp_path: Path):
@@ -337,21 +339,21 @@ def test_legacy_rope_keys_are_read():
                    num_key_value_heads=2, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=131072,
                    rope_theta=500000.0, rope_scaling=dict(factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
                                                           original_max_position_embeddings=8192, rope_type="llama3"))
-    c = config_from_hf(llama31, "llama/config.json")
+    c = Config.from_hf(llama31, "llama/config.json")
     assert c.rope_base == 500000.0 and c.rope_scaling["factor"] == 32.0
     assert c.rope_scaling["original_max_position_embeddings"] == 8192
     neox = dict(architectures=["GPTNeoXForCausalLM"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=256, vocab_size=VOCAB, rotary_pct=0.5, rotary_emb_base=5000)
-    c = config_from_hf(neox, "neox/config.json")
+    c = Config.from_hf(neox, "neox/config.json")
     assert (c.rotary_percentage, c.rope_base, c.parallel_residual) == (0.5, 5000.0, True)
     with pytest.raises(ConfigError, match=r"neox/config.json: rope type 'yarn' is not supported"):
-        config_from_hf(dict(neox, rope_scaling={"rope_type": "yarn", "factor": 4.0}), "neox/config.json")
+        Config.from_hf(dict(neox, rope_scaling={"rope_type": "yarn", "factor": 4.0}), "neox/config.json")
 
 
 def test_model_type_without_architectures():
     hf = config_to_hf(Config(hf_architecture="Qwen3ForCausalLM", qk_norm="head"))
     del hf["architectures"]
-    assert config_from_hf(hf).hf_architecture == "Qwen3ForCausalLM"
+    assert Config.from_hf(hf).hf_architecture == "Qwen3ForCausalLM"
 
 
 def test_export_refuses_what_the_architecture_cannot_express(tmp_path: Path):
@@ -423,3 +425,69 @@ def test_modules_import_without_torch():
 
     code = "import sys, lmforge.hf_config, lmforge.convert.hf; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+
+# any JSON, plus values near the valid ones (small sizes, the spellings the readers know)
+_WORDS = st.sampled_from(["silu", "gelu", "gelu_new", "default", "linear", "llama3", "yarn", "factor",
+                          "sliding_attention", "full_attention", "LlamaForCausalLM", "qwen3"])
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 5000) | st.floats(-1e3, 1e6, allow_nan=False) | _WORDS
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_WORDS | st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+_VALID_HF = [config_to_hf(Config(hf_architecture=name, n_layer=2, **extra)) for name, extra in (
+    ("GPT2LMHeadModel", dict(position_embedding="learned", norm_class="layernorm", mlp_class="mlp",
+                             activation="gelu_tanh", attn_bias=True, attn_out_bias=True, mlp_bias=True)),
+    ("GPTNeoXForCausalLM", dict(norm_class="layernorm", mlp_class="mlp", activation="gelu", attn_bias=True,
+                                attn_out_bias=True, mlp_bias=True, rotary_percentage=0.25, parallel_residual=True)),
+    ("LlamaForCausalLM", dict(n_query_groups=2)),
+    ("Gemma2ForCausalLM", dict(norm_unit_offset=True, post_norm=True, scale_embeddings=True, tie_embeddings=True,
+                               activation="gelu_tanh", sliding_window=16, sliding_window_pattern=2)),
+    ("Qwen3ForCausalLM", dict(qk_norm="head")),
+)]
+
+
+@st.composite
+def _edited_config_json(draw) -> dict:
+    hf = json.loads(json.dumps(draw(st.sampled_from(_VALID_HF))))
+    keys = sorted(set(hf) | {"head_dim", "layer_types", "rope_scaling", "sliding_window"})
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(keys))
+        if draw(st.booleans()):
+            hf.pop(key, None)
+        else:
+            hf[key] = draw(st.integers(-2, 9) | _JSON_VALUES)
+    return hf
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(hf=_edited_config_json())
+def test_any_config_json_gives_a_buildable_config_or_one_line_error(hf):
+    """A config.json edited at random (keys dropped or set to any JSON value) never gives a traceback,
+    and what it accepts builds: the model has the parameters the config counts."""
+    try:
+        config = Config.from_hf(hf, "fuzz/config.json")
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e).startswith("fuzz/config.json: "), str(e)
+        return
+    assert Config.from_dict(config.to_dict()) == config
+    with torch.device("meta"):
+        model = GPT(config)
+    assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (dict(num_attention_heads=0, head_dim=None), "key 'num_attention_heads' must be a positive int, got 0"),
+    (dict(intermediate_size=0), "intermediate_size must be an int >= 1, got 0"),
+    (dict(num_hidden_layers=-1), "n_layer must be an int >= 1, got -1"),
+    (dict(sliding_window=0), "sliding_window must be > 0"),
+    (dict(architectures=[["LlamaForCausalLM"]]), "architecture ['LlamaForCausalLM'] is not supported"),
+    (dict(architectures=None, model_type=["llama"]), "architecture ['llama'] is not supported"),
+])
+def test_config_json_values_that_cannot_build_a_model(edit, expected):
+    hf = dict(config_to_hf(Config(hf_architecture="MistralForCausalLM", sliding_window=8)), **edit)
+    with pytest.raises(ConfigError) as e:
+        Config.from_hf(hf, "m/config.json")
+    assert str(e.value).startswith("m/config.json: ") and expected in str(e.value) and "\n" not in str(e.value)

@@ -9,12 +9,16 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmforge.cli import main as cli_main
-from lmforge.config import Config, ConfigError
+from lmforge.config import Config, ConfigError, get_config, list_configs, named_configs
 from lmforge.model import GPT
-from lmforge.model_registry import ALIASES, CONFIGS, FAMILY, FAMILY_MODULES, get_config, list_configs
+from lmforge.model_registry import ALIASES, FAMILY, FAMILY_MODULES
 from lmforge.verbs.models import models, short_count
+
+CONFIGS = named_configs()
 
 # Parameter counts published for the checkpoints (model cards, safetensors metadata); each was also
 # checked against the same architecture built by `transformers` on the meta device.
@@ -213,6 +217,30 @@ def test_inconsistent_override_is_a_config_error():
         get_config("Llama-3-8B", n_query_groups=5)  # 5 kv heads cannot serve 32 query heads
 
 
+# the shape fields (the ones re-derived on override), `name` (a field too) and an unknown key
+_OVERRIDE_KEYS = ["name", "vocab_size", "n_layer", "n_embd", "n_head", "n_query_groups", "head_size",
+                  "intermediate_size", "block_size", "sliding_window", "n_layers"]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(name=st.sampled_from(sorted(CONFIGS)), overrides=st.dictionaries(
+    st.sampled_from(_OVERRIDE_KEYS),
+    st.integers(-2, 9) | st.none() | st.booleans() | st.floats(-2, 2, allow_nan=False) | st.text(max_size=5),
+    max_size=3))
+def test_any_overrides_give_a_buildable_config_or_one_line_error(name, overrides):
+    try:
+        config = get_config(name, **overrides)
+    except ConfigError as e:
+        assert "\n" not in str(e), str(e)
+        return
+    try:
+        with torch.device("meta"):
+            model = GPT(config)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, ZeroDivisionError) as e:
+        pytest.fail(f"get_config({name!r}, **{overrides}) was accepted but GPT fails: {e!r}")
+    assert sum(p.numel() for p in model.parameters()) == config.num_parameters()
+
+
 @pytest.mark.parametrize("family", FAMILY_MODULES)
 def test_every_family_runs_when_shrunk(family):
     name = next(n for n, f in FAMILY.items() if f == family)
@@ -268,3 +296,19 @@ def test_listing_models_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Llama-3.1-405B" in done.stdout
+
+
+# ---- layering (#12) ------------------------------------------------------------------------------
+_CONFIG_LAYER = {"lmforge.config", "lmforge.hf_config", "lmforge.model_registry", "lmforge.errors", "lmforge._io"}
+
+
+def test_config_imports_its_data_and_nothing_imports_config_back():
+    # every import counts, those inside functions too; only `if TYPE_CHECKING:` ones are left out
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("lmforge", exclude_type_checking_imports=True, cache_dir=None)
+    for data in ("lmforge.hf_config", "lmforge.model_registry"):
+        back = graph.find_shortest_chains(importer=data, imported="lmforge.config", as_packages=True)
+        assert not back, f"{data} imports lmforge.config: {sorted(back)}"
+        assert graph.find_shortest_chains(importer=data, imported="lmforge.model", as_packages=True) == set()
+    # the model reaches the config layer and nothing above it
+    assert graph.find_upstream_modules("lmforge.model") <= _CONFIG_LAYER

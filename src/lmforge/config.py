@@ -3,24 +3,27 @@
 This module imports no torch, so listing models and parsing YAML stays fast.
 Family differences are plain fields whose defaults turn features off; the model
 never branches on a family name.
+
+Data flows one way: this module builds `Config`s from the named configs' fields
+(`lmforge.model_registry`) and from HF `config.json` fields (`lmforge.hf_config`);
+neither of those imports this module back.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lmforge.errors import ConfigError
+
+__all__ = ["CONFIG_FORMAT_VERSION", "Config", "ConfigError", "get_config", "list_configs", "named_configs"]
+
 CONFIG_FORMAT_VERSION = 1
-
-
-from lmforge.errors import LmforgeError
-
-
-class ConfigError(LmforgeError, ValueError):
-    """A configuration value is missing, unknown or inconsistent."""
 
 
 @dataclass
@@ -114,6 +117,17 @@ class Config:
     """Where the named config's numbers come from (an HF repo's config.json)."""
 
     def __post_init__(self) -> None:
+        # sizes first: the derivations below divide by them, the model allocates them
+        for key in ("vocab_size", "n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
+                    "block_size"):
+            value = getattr(self, key)
+            if value is None and key in ("n_query_groups", "head_size", "intermediate_size"):
+                continue  # derived below
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key} must be an int >= 1, got {value!r}")
+        for key in ("sliding_window", "attn_scale_base", "attn_logit_softcap", "final_logit_softcap"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0 (or None for none), got {getattr(self, key)!r}")
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
         if self.head_size is None:
@@ -236,16 +250,55 @@ class Config:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> Config:
-        """A named config from the registry (`lmforge models` lists them)."""
-        from lmforge.model_registry import get_config
+    def from_name(cls, name: str, /, **overrides: Any) -> Config:
+        """A fresh copy of a named config (`lmforge models` lists them), with `overrides` applied.
 
-        return get_config(name, **overrides)
+        Args:
+            name: A registry name (case-insensitive) or alias, e.g. `"gpt2"`, `"Llama-3.1-8B"`.
+            **overrides: `Config` fields to change, e.g. `n_layer=2` for a shallow test model.
+                Changing `n_embd`/`n_head` re-derives `head_size`, `n_query_groups` (multi-head
+                models) and `intermediate_size` (4 * n_embd) where the named config had them
+                derived and the overrides do not set them.
+
+        Returns:
+            A new `Config`; mutating it does not touch the registry.
+
+        Raises:
+            ConfigError: unknown name, unknown override key, or an inconsistent result.
+        """
+        from lmforge.model_registry import canonical_name
+
+        base = named_configs()[canonical_name(name)]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            hint = _suggest(unknown[0], known)
+            raise ConfigError(f"get_config({base.name!r}): unknown override {unknown[0]!r}{hint}")
+        values = {f.name: copy.deepcopy(getattr(base, f.name)) for f in dataclasses.fields(cls)}
+        if "n_embd" in overrides or "n_head" in overrides:
+            # re-derive what the named config derived (head_size = n_embd // n_head, MHA kv heads,
+            # intermediate = 4 * n_embd), so `n_embd=128, n_head=4` on gpt2 gives head_size 32, not 64
+            if "head_size" not in overrides and base.head_size * base.n_head == base.n_embd:
+                values["head_size"] = None
+            if "n_query_groups" not in overrides and base.n_query_groups == base.n_head:
+                values["n_query_groups"] = None
+        if "n_embd" in overrides and "intermediate_size" not in overrides and base.intermediate_size == 4 * base.n_embd:
+            values["intermediate_size"] = None
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except TypeError as e:  # a value of the wrong kind, e.g. n_layer="x" compared with ints
+            raise ConfigError(f"get_config({base.name!r}): bad override value ({e})") from None
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any] | str | Path, source: str | None = None) -> Config:
-        """Derive a config from an HF `config.json` (dict or path) of a supported architecture."""
-        from lmforge.hf_config import config_from_hf
+        """Derive a config from an HF `config.json` (dict or path) of a supported architecture.
+
+        Raises:
+            ConfigError: unknown architecture, a missing/mistyped key, a feature lmforge lacks, or
+                values that do not make a consistent config; every message names `source`.
+        """
+        from lmforge.hf_config import hf_to_fields
 
         if not isinstance(hf, dict):
             path = Path(hf)
@@ -255,13 +308,40 @@ class Config:
             from lmforge._io import read_json
 
             hf = read_json(path, ConfigError)
-        return config_from_hf(hf, source=source or "config.json")
+        source = source or "config.json"
+        fields = hf_to_fields(hf, source)
+        try:
+            return cls(**fields)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     def to_hf(self) -> dict[str, Any]:
         """The HF `config.json` dict for this architecture."""
         from lmforge.hf_config import config_to_hf
 
         return config_to_hf(self)
+
+
+@functools.cache
+def named_configs() -> dict[str, Config]:
+    """Every named config by its canonical name (the HF repo's name), in registry (family) order.
+
+    Built once from `lmforge.model_registry`'s data on first use; treat it as read-only and take a
+    fresh copy with `Config.from_name`.
+    """
+    from lmforge.model_registry import ENTRIES
+
+    return {name: Config(**fields) for name, fields in ENTRIES.items()}
+
+
+def get_config(name: str, /, **overrides: Any) -> Config:
+    """`Config.from_name(name, **overrides)`: a fresh copy of a named config."""
+    return Config.from_name(name, **overrides)
+
+
+def list_configs() -> list[Config]:
+    """Copies of every named config, in registry order (family by family)."""
+    return [copy.deepcopy(c) for c in named_configs().values()]
 
 
 def _suggest(word: str, options: set[str]) -> str:

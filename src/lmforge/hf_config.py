@@ -1,7 +1,10 @@
-"""Hugging Face `config.json` <-> `Config`, for every supported architecture.
+"""Hugging Face `config.json` <-> `Config` fields, for every supported architecture.
 
 Each architecture is one `_Arch` entry of `ARCHITECTURES`: the defaults transformers applies when a
 key is absent, a reader turning the HF dict into `Config` fields and a writer doing the reverse.
+This module is a translator below `lmforge.config`: `hf_to_fields` returns the keyword arguments
+that `Config.from_hf` builds the `Config` from, and `config_to_hf` reads the attributes of the
+config it is given, so it never imports `lmforge.config` (data flows one way).
 Features an architecture fixes (GPT-2's learned positions, Gemma 2's norm offset …) are constants of
 its reader, so the model never needs to know a family name.
 
@@ -21,9 +24,12 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmforge.config import Config, ConfigError
+from lmforge.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lmforge.config import Config
 
 _SLIDING, _FULL = "sliding_attention", "full_attention"
 
@@ -33,6 +39,7 @@ _SLIDING, _FULL = "sliding_attention", "full_attention"
 # ---------------------------------------------------------------------------------------------
 _KINDS: dict[str, Callable[[Any], bool]] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "positive int": lambda v: _KINDS["int"](v) and v > 0,
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "bool": lambda v: isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
@@ -173,7 +180,7 @@ def _decoder(h: _HF, head_dim: bool = True, partial_rope: bool = False, gqa: boo
 
     `head_dim`/`gqa`: the architecture reads `head_dim`/`num_key_value_heads` (else they are derived).
     """
-    n_embd, n_head = h("hidden_size", "int"), h("num_attention_heads", "int")
+    n_embd, n_head = h("hidden_size", "int"), h("num_attention_heads", "positive int")  # divides below
     return dict(
         vocab_size=h("vocab_size", "int"),
         n_layer=h("num_hidden_layers", "int"),
@@ -474,24 +481,25 @@ def hf_architecture(hf: dict[str, Any], source: str) -> str:
     if isinstance(archs, list) and archs:
         name = archs[0]
     elif "model_type" in hf:
-        name = _BY_MODEL_TYPE.get(hf["model_type"], hf["model_type"])
+        name = hf["model_type"]
+        name = _BY_MODEL_TYPE.get(name, name) if isinstance(name, str) else name
     else:
         raise ConfigError(f"{source}: neither 'architectures' nor 'model_type' is set; is this an HF config.json?")
-    if name not in ARCHITECTURES:
+    if not isinstance(name, str) or name not in ARCHITECTURES:
         raise ConfigError(f"{source}: architecture {name!r} is not supported "
                           f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     return name
 
 
-def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
-    """Build a `Config` from an HF `config.json` dict.
+def hf_to_fields(hf: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """The `Config` keyword arguments an HF `config.json` dict describes (`Config.from_hf` builds it).
 
     Args:
         hf: The parsed `config.json`.
         source: Where it came from; every error message names it.
 
     Returns:
-        The equivalent `Config`, with `hf_architecture` set.
+        The fields of the equivalent `Config`, with `name` and `hf_architecture` set.
 
     Raises:
         ConfigError: unknown architecture, a missing/mistyped key, or a feature lmforge lacks.
@@ -503,17 +511,14 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
     fields = arch.read(_HF(hf, source, arch.defaults))
     default_name = Path(source).parent.name if Path(source).name == "config.json" else ""
     model_name = hf.get("_name_or_path") or default_name or arch.model_type
-    try:
-        return Config(name=str(model_name), hf_architecture=name, **fields)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+    return dict(name=str(model_name), hf_architecture=name, **fields)
 
 
 def config_to_hf(config: Config, dtype: str | None = None) -> dict[str, Any]:
     """The HF `config.json` dict for `config` (transformers 4 and 5 both load it).
 
     Args:
-        config: The model config; `config.hf_architecture` picks the HF architecture.
+        config: The model config (read by attribute); `config.hf_architecture` picks the HF architecture.
         dtype: Torch dtype name of the weights written next to it (`"bfloat16"` …), if known.
 
     Raises:
@@ -528,7 +533,7 @@ def config_to_hf(config: Config, dtype: str | None = None) -> dict[str, Any]:
         hf["dtype"] = dtype  # transformers 5
         hf["torch_dtype"] = dtype  # transformers 4
     # read our own output back: whatever does not survive is a feature this architecture lacks
-    ours, theirs = _behaviour(config), _behaviour(config_from_hf(hf, source=f"{name} config"))
+    ours, theirs = _behaviour(config), _behaviour(type(config).from_hf(hf, source=f"{name} config"))
     for key, value in ours.items():
         if value != theirs[key]:
             raise ConfigError(f"{name} cannot express {key}={value!r} (it would read back as {theirs[key]!r}); "
@@ -541,7 +546,7 @@ def _behaviour(c: Config) -> dict[str, Any]:
 
     (`attn_scale_base=None` means the head size; a rope base is moot with learned positions …)
     """
-    d = {f.name: getattr(c, f.name) for f in dataclasses.fields(Config) if f.name not in ("name", "hf_source")}
+    d = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in ("name", "hf_source")}
     d["attn_scale_base"] = float(c.attn_scale_base or c.head_size)
     d["sliding_window_pattern"] = [c.layer_uses_sliding_window(i) for i in range(c.n_layer)]
     if not any(d["sliding_window_pattern"]):

@@ -6,14 +6,12 @@ Numbers from each repo's `config.json`.
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmforge.config import Config
+from typing import Any
 
 
 def _gemma2(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, head_size: int,
-            inter: int, query_pre_attn_scalar: int) -> Config:
-    return Config(
+            inter: int, query_pre_attn_scalar: int) -> dict[str, Any]:
+    return dict(
         name=f"gemma-2-{size}",
         hf_architecture="Gemma2ForCausalLM",
         hf_source=f"google/gemma-2-{size}",
@@ -52,9 +50,9 @@ _BASE = [
     _gemma2("27b", 46, 4608, 32, 16, 128, 36864, 144),
 ]
 
-CONFIGS: list[Config] = _BASE + [
+ENTRIES: list[dict[str, Any]] = _BASE + [
     # instruction-tuned: also stops on <end_of_turn>
-    dataclasses.replace(c, name=f"{c.name}-it", hf_source=f"{c.hf_source}-it", eos_token_id=[1, 107])
+    dict(c, name=f"{c['name']}-it", hf_source=f"{c['hf_source']}-it", eos_token_id=[1, 107])
     for c in _BASE
 ]
 

@@ -5,11 +5,11 @@ Numbers from each repo's `config.json` (`n_inner: null` means `4 * n_embd`).
 
 from __future__ import annotations
 
-from lmforge.config import Config
+from typing import Any
 
 
-def _gpt2(name: str, n_layer: int, n_embd: int, n_head: int) -> Config:
-    return Config(
+def _gpt2(name: str, n_layer: int, n_embd: int, n_head: int) -> dict[str, Any]:
+    return dict(
         name=name,
         hf_architecture="GPT2LMHeadModel",
         hf_source=f"openai-community/{name}",
@@ -33,7 +33,7 @@ def _gpt2(name: str, n_layer: int, n_embd: int, n_head: int) -> Config:
     )
 
 
-CONFIGS: list[Config] = [
+ENTRIES: list[dict[str, Any]] = [
     _gpt2("gpt2", 12, 768, 12),
     _gpt2("gpt2-medium", 24, 1024, 16),
     _gpt2("gpt2-large", 36, 1280, 20),

@@ -6,9 +6,7 @@ differ only in their end-of-sequence ids (Llama 3 instruct models stop on `<|eot
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmforge.config import Config
+from typing import Any
 
 _LLAMA31_ROPE = {
     "rope_type": "llama3",
@@ -22,8 +20,8 @@ _LLAMA32_ROPE = {**_LLAMA31_ROPE, "factor": 32.0}
 _LLAMA31_INSTRUCT_EOS = [128001, 128008, 128009]
 
 
-def _llama2(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, inter: int) -> Config:
-    return Config(
+def _llama2(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, inter: int) -> dict[str, Any]:
+    return dict(
         name=f"Llama-2-{size}-hf",
         hf_architecture="LlamaForCausalLM",
         hf_source=f"meta-llama/Llama-2-{size}-hf",
@@ -42,8 +40,8 @@ def _llama2(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: i
 
 
 def _llama3(name: str, repo: str, n_layer: int, n_embd: int, n_head: int, inter: int, block_size: int,
-            rope_scaling: dict | None, tie: bool = False, head_size: int | None = None) -> Config:
-    return Config(
+            rope_scaling: dict | None, tie: bool = False, head_size: int | None = None) -> dict[str, Any]:
+    return dict(
         name=name,
         hf_architecture="LlamaForCausalLM",
         hf_source=f"meta-llama/{repo}",
@@ -64,8 +62,8 @@ def _llama3(name: str, repo: str, n_layer: int, n_embd: int, n_head: int, inter:
     )
 
 
-def _chat(base: Config, name: str, repo: str, **changes) -> Config:
-    return dataclasses.replace(base, name=name, hf_source=repo, **changes)
+def _chat(base: dict[str, Any], name: str, repo: str, **changes) -> dict[str, Any]:
+    return dict(base, name=name, hf_source=repo, **changes)
 
 
 _LLAMA2 = [
@@ -74,7 +72,7 @@ _LLAMA2 = [
     _llama2("70b", 80, 8192, 64, 8, 28672),
 ]
 _LLAMA2_CHAT = [
-    _chat(c, c.name.replace("-hf", "-chat-hf"), c.hf_source.replace("-hf", "-chat-hf")) for c in _LLAMA2
+    _chat(c, c["name"].replace("-hf", "-chat-hf"), c["hf_source"].replace("-hf", "-chat-hf")) for c in _LLAMA2
 ]
 
 _LLAMA3 = [
@@ -88,12 +86,12 @@ _LLAMA3 = [
 ]
 _LLAMA3_INSTRUCT = [
     # Llama 3 (not 3.1) instruct config.json names only <|eot_id|>
-    _chat(c, f"{c.name}-Instruct", f"{c.hf_source}-Instruct",
-          eos_token_id=128009 if c.name.startswith("Llama-3-") else list(_LLAMA31_INSTRUCT_EOS))
+    _chat(c, f"{c['name']}-Instruct", f"{c['hf_source']}-Instruct",
+          eos_token_id=128009 if c["name"].startswith("Llama-3-") else list(_LLAMA31_INSTRUCT_EOS))
     for c in _LLAMA3
 ]
 
-_TINYLLAMA = Config(
+_TINYLLAMA = dict(
     name="TinyLlama-1.1B",
     hf_architecture="LlamaForCausalLM",
     hf_source="TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
@@ -110,7 +108,7 @@ _TINYLLAMA = Config(
     eos_token_id=2,
 )
 
-CONFIGS: list[Config] = [
+ENTRIES: list[dict[str, Any]] = [
     *_LLAMA2,
     *_LLAMA2_CHAT,
     *_LLAMA3,

@@ -4,11 +4,9 @@ and Mixtral 8x7B (8 SwiGLU experts, top-2 routing). Numbers from each repo's `co
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
-from lmforge.config import Config
-
-_MISTRAL_7B_V01 = Config(
+_MISTRAL_7B_V01 = dict(
     name="Mistral-7B-v0.1",
     hf_architecture="MistralForCausalLM",
     hf_source="mistralai/Mistral-7B-v0.1",
@@ -26,7 +24,7 @@ _MISTRAL_7B_V01 = Config(
     eos_token_id=2,
 )
 
-_MISTRAL_7B_V03 = dataclasses.replace(
+_MISTRAL_7B_V03 = dict(
     _MISTRAL_7B_V01,
     name="Mistral-7B-v0.3",
     hf_source="mistralai/Mistral-7B-v0.3",
@@ -35,7 +33,7 @@ _MISTRAL_7B_V03 = dataclasses.replace(
     sliding_window=None,
 )
 
-_MIXTRAL_8X7B = Config(
+_MIXTRAL_8X7B = dict(
     name="Mixtral-8x7B-v0.1",
     hf_architecture="MixtralForCausalLM",
     hf_source="mistralai/Mixtral-8x7B-v0.1",
@@ -56,11 +54,11 @@ _MIXTRAL_8X7B = Config(
 )
 
 
-def _named(base: Config, name: str, **changes) -> Config:
-    return dataclasses.replace(base, name=name, hf_source=f"mistralai/{name}", **changes)
+def _named(base: dict[str, Any], name: str, **changes) -> dict[str, Any]:
+    return dict(base, name=name, hf_source=f"mistralai/{name}", **changes)
 
 
-CONFIGS: list[Config] = [
+ENTRIES: list[dict[str, Any]] = [
     _MISTRAL_7B_V01,
     _named(_MISTRAL_7B_V01, "Mistral-7B-Instruct-v0.1"),
     # v0.2 instruct: the v0.1 shape with θ = 1e6 and no sliding window

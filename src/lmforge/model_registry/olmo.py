@@ -4,13 +4,11 @@ over the whole q and k projections, untied head. Numbers from each repo's `confi
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmforge.config import Config
+from typing import Any
 
 
-def _olmo2(size: str, n_layer: int, n_embd: int, n_head: int, inter: int) -> Config:
-    return Config(
+def _olmo2(size: str, n_layer: int, n_embd: int, n_head: int, inter: int) -> dict[str, Any]:
+    return dict(
         name=f"OLMo-2-1124-{size}",
         hf_architecture="Olmo2ForCausalLM",
         hf_source=f"allenai/OLMo-2-1124-{size}",
@@ -35,8 +33,8 @@ _BASE = [
     _olmo2("13B", 40, 5120, 40, 13824),
 ]
 
-CONFIGS: list[Config] = _BASE + [
-    dataclasses.replace(c, name=f"{c.name}-Instruct", hf_source=f"{c.hf_source}-Instruct") for c in _BASE
+ENTRIES: list[dict[str, Any]] = _BASE + [
+    dict(c, name=f"{c['name']}-Instruct", hf_source=f"{c['hf_source']}-Instruct") for c in _BASE
 ]
 
 ALIASES: dict[str, str] = {

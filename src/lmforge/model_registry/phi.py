@@ -5,10 +5,10 @@ changes no counts). Numbers from each repo's `config.json`.
 
 from __future__ import annotations
 
-from lmforge.config import Config
+from typing import Any
 
-CONFIGS: list[Config] = [
-    Config(
+ENTRIES: list[dict[str, Any]] = [
+    dict(
         name="phi-2",
         hf_architecture="PhiForCausalLM",
         hf_source="microsoft/phi-2",
@@ -33,7 +33,7 @@ CONFIGS: list[Config] = [
         bos_token_id=50256,
         eos_token_id=50256,
     ),
-    Config(
+    dict(
         name="Phi-3-mini-4k-instruct",
         hf_architecture="Phi3ForCausalLM",
         hf_source="microsoft/Phi-3-mini-4k-instruct",

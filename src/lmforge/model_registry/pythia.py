@@ -7,13 +7,11 @@ the tokenizer itself has 50277 entries). Numbers from `EleutherAI/pythia-*/confi
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmforge.config import Config
+from typing import Any
 
 
-def _pythia(size: str, n_layer: int, n_embd: int, n_head: int, vocab_size: int = 50304) -> Config:
-    return Config(
+def _pythia(size: str, n_layer: int, n_embd: int, n_head: int, vocab_size: int = 50304) -> dict[str, Any]:
+    return dict(
         name=f"pythia-{size}",
         hf_architecture="GPTNeoXForCausalLM",
         hf_source=f"EleutherAI/pythia-{size}",
@@ -39,7 +37,7 @@ def _pythia(size: str, n_layer: int, n_embd: int, n_head: int, vocab_size: int =
     )
 
 
-_BASE: list[Config] = [
+_BASE: list[dict[str, Any]] = [
     _pythia("14m", 6, 128, 4),
     _pythia("31m", 6, 256, 8),
     _pythia("70m", 6, 512, 8),
@@ -53,10 +51,10 @@ _BASE: list[Config] = [
 ]
 
 # the same architectures trained on the deduplicated Pile
-_DEDUPED: list[Config] = [
-    dataclasses.replace(c, name=f"{c.name}-deduped", hf_source=f"{c.hf_source}-deduped") for c in _BASE
+_DEDUPED: list[dict[str, Any]] = [
+    dict(c, name=f"{c['name']}-deduped", hf_source=f"{c['hf_source']}-deduped") for c in _BASE
 ]
 
-CONFIGS: list[Config] = _BASE + _DEDUPED
+ENTRIES: list[dict[str, Any]] = _BASE + _DEDUPED
 
 ALIASES: dict[str, str] = {}

@@ -7,16 +7,14 @@ Numbers from each repo's `config.json`.
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmforge.config import Config
+from typing import Any
 
 _ENDOFTEXT, _IM_END = 151643, 151645
 
 
 def _qwen25(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, inter: int, *,
-            vocab_size: int, block_size: int, norm_eps: float, tie: bool) -> Config:
-    return Config(
+            vocab_size: int, block_size: int, norm_eps: float, tie: bool) -> dict[str, Any]:
+    return dict(
         name=f"Qwen2.5-{size}",
         hf_architecture="Qwen2ForCausalLM",
         hf_source=f"Qwen/Qwen2.5-{size}",
@@ -36,8 +34,8 @@ def _qwen25(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: i
     )
 
 
-def _qwen3(size: str, n_layer: int, n_embd: int, n_head: int, inter: int, tie: bool) -> Config:
-    return Config(
+def _qwen3(size: str, n_layer: int, n_embd: int, n_head: int, inter: int, tie: bool) -> dict[str, Any]:
+    return dict(
         name=f"Qwen3-{size}",
         hf_architecture="Qwen3ForCausalLM",
         hf_source=f"Qwen/Qwen3-{size}",
@@ -70,8 +68,8 @@ _QWEN25 = [
     _qwen25("72B", 80, 8192, 64, 8, 29568, norm_eps=1e-5, **_LARGE),
 ]
 _QWEN25_INSTRUCT = [
-    dataclasses.replace(c, name=f"{c.name}-Instruct", hf_source=f"{c.hf_source}-Instruct",
-                        block_size=32768, norm_eps=1e-6, eos_token_id=_IM_END)
+    dict(c, name=f"{c['name']}-Instruct", hf_source=f"{c['hf_source']}-Instruct",
+         block_size=32768, norm_eps=1e-6, eos_token_id=_IM_END)
     for c in _QWEN25
 ]
 
@@ -84,11 +82,11 @@ _QWEN3 = [
     _qwen3("32B", 64, 5120, 64, 25600, tie=False),
 ]
 _QWEN3_BASE = [  # pre-trained only; there is no Qwen3-32B-Base
-    dataclasses.replace(c, name=f"{c.name}-Base", hf_source=f"{c.hf_source}-Base", eos_token_id=_ENDOFTEXT)
+    dict(c, name=f"{c['name']}-Base", hf_source=f"{c['hf_source']}-Base", eos_token_id=_ENDOFTEXT)
     for c in _QWEN3
-    if c.name != "Qwen3-32B"
+    if c["name"] != "Qwen3-32B"
 ]
 
-CONFIGS: list[Config] = [*_QWEN25, *_QWEN25_INSTRUCT, *_QWEN3, *_QWEN3_BASE]
+ENTRIES: list[dict[str, Any]] = [*_QWEN25, *_QWEN25_INSTRUCT, *_QWEN3, *_QWEN3_BASE]
 
 ALIASES: dict[str, str] = {}

@@ -6,14 +6,12 @@ Base models use id 0 (`<|endoftext|>`) as bos/eos; the instruct models use ChatM
 
 from __future__ import annotations
 
-import dataclasses
-
-from lmforge.config import Config
+from typing import Any
 
 
 def _smollm2(size: str, n_layer: int, n_embd: int, n_head: int, n_query_groups: int, inter: int,
-             rope_base: float) -> Config:
-    return Config(
+             rope_base: float) -> dict[str, Any]:
+    return dict(
         name=f"SmolLM2-{size}",
         hf_architecture="LlamaForCausalLM",
         hf_source=f"HuggingFaceTB/SmolLM2-{size}",
@@ -38,9 +36,9 @@ _BASE = [
     _smollm2("1.7B", 24, 2048, 32, 32, 8192, 130000.0),
 ]
 
-CONFIGS: list[Config] = _BASE + [
-    dataclasses.replace(c, name=f"{c.name}-Instruct", hf_source=f"{c.hf_source}-Instruct",
-                        bos_token_id=1, eos_token_id=2, pad_token_id=2)
+ENTRIES: list[dict[str, Any]] = _BASE + [
+    dict(c, name=f"{c['name']}-Instruct", hf_source=f"{c['hf_source']}-Instruct",
+         bos_token_id=1, eos_token_id=2, pad_token_id=2)
     for c in _BASE
 ]
 

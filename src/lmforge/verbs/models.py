@@ -6,9 +6,9 @@ Parameter counts come from `Config.num_parameters()` (arithmetic on the fields),
 
 from __future__ import annotations
 
-from lmforge.config import Config
+from lmforge.config import Config, named_configs
 from lmforge.errors import LmforgeError
-from lmforge.model_registry import ALIASES, CONFIGS, FAMILY
+from lmforge.model_registry import ALIASES, FAMILY
 
 _COLUMNS = ("name", "family", "architecture", "params", "exact", "layers", "d_model", "heads/kv", "context")
 _RIGHT = {"params", "exact", "layers", "d_model", "heads/kv", "context"}
@@ -52,7 +52,8 @@ def models(filter: str | None = None) -> None:  # noqa: A002 - the flag reads be
         filter: Show only models whose name, family, HF architecture or HF repo contains this
             text (case-insensitive), e.g. `--filter llama-3` or `--filter Gemma2`.
     """
-    configs = list(CONFIGS.values())
+    every = named_configs()
+    configs = list(every.values())
     if filter:
         needle = filter.lower()
         configs = [c for c in configs if _matches(c, needle)]
@@ -68,4 +69,4 @@ def models(filter: str | None = None) -> None:  # noqa: A002 - the flag reads be
     print(line({c: c for c in _COLUMNS}))
     for r in rows:
         print(line(r))
-    print(f"\n{len(rows)} of {len(CONFIGS)} named configs. Use one with Config.from_name(NAME).")
+    print(f"\n{len(rows)} of {len(every)} named configs. Use one with Config.from_name(NAME).")

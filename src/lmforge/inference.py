@@ -1,0 +1,37 @@
+"""How a loaded model runs: the one place that decides kernels, fusion and weight format.
+
+    from lmforge.inference import prepare_for_inference
+    model = prepare_for_inference(model, quantize="int8")   # LLM.load does this for you
+
+`quantize` is one of `QUANTIZE_MODES`:
+- "none": the weights as loaded (fp32 on CPU, bf16 on CUDA);
+- "int8": weight-only int8 with one fp32 scale per output channel (4x fewer bytes per token);
+- "bf16": weight-only bf16 (2x fewer).
+
+On CPU, with the C kernels available (a compiler and AVX2; `LMFORGE_NO_KERNELS=1` turns them off),
+the model gets a runner (`GPT.runner`, a `lmforge.fast_decode.FastDecoder`): each decoding step
+runs every layer in one kernel call and a prompt of 2+ tokens runs the layers with reused buffers.
+Quantized models also get their q/k/v and gate/up projections fused into one product each, held by
+the runner. Everything else (a GPU, a model the kernels do not cover, training) runs `GPT.forward`'s
+plain layer loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, get_args
+
+from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from lmforge.model import GPT
+
+Quantize = Literal["none", "int8", "bf16"]
+QUANTIZE_MODES: tuple[str, ...] = get_args(Quantize)
+
+
+def check_quantize(quantize: str | None) -> Quantize:
+    """The quantize mode, validated (None means "none"); one line naming the choices otherwise."""
+    mode = "none" if quantize is None else quantize
+    if mode not in QUANTIZE_MODES:
+        raise LmforgeError(f"quantize {quantize!r} is not one of: {', '.join(QUANTIZE_MODES)}")
+    return mode  # type: ignore[return-value]

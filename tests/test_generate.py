@@ -462,19 +462,14 @@ def test_smollm2_greedy_matches_transformers(smollm2):
 # ---------------------------------------------------------------------------------------------
 def _path_model(path: str) -> GPT:
     """The tiny model on one inference path: the one-call kernels or the layer loop, fp32 or int8."""
-    from lmforge.quantize import quantize_model
+    from lmforge.inference import prepare_for_inference
 
-    m = tiny_gpt(seed=3)
     kernels, weights = path.split("-")
-    if weights == "int8":
-        quantize_model(m, "int8")
+    m = prepare_for_inference(tiny_gpt(seed=3), "int8" if weights == "int8" else "none")
     if kernels == "loop":
-        m.__dict__["fast_decode"] = None  # GPT.forward's layer loop; the Engine keeps it
-    elif "fast_decode" not in m.__dict__:
-        from lmforge.fast_decode import install_fast_decode
-
-        if not install_fast_decode(m):
-            pytest.skip("no C compiler or AVX2 here: the kernel path is not available")
+        m.runner = None  # GPT.forward's layer loop
+    elif m.runner is None:
+        pytest.skip("no C compiler or AVX2 here: the kernel path is not available")
     return m
 
 

@@ -609,3 +609,23 @@ def test_tiny_top_p_keeps_the_top_token(model):
     for extra in (dict(top_p=5e-324), dict(top_p=1e-40, min_p=5e-324), dict(top_k=1, top_p=1e-45)):
         got = generate(model, None, PROMPTS[1], SamplingParams(max_new_tokens=6, temperature=1.0, seed=0, **extra))
         assert got.token_ids == expected, extra
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31), vocab=st.sampled_from([5, 300, 5000]), scale=st.floats(0.01, 30.0),
+       top_p=st.floats(1e-6, 0.999999))
+def test_top_p_keeps_the_nucleus(seed, vocab, scale, top_p):
+    """The candidate shortcut keeps exactly the nucleus of a float64 full sort (flat and peaked
+    logits), except a token whose mass-before lies within float32 rounding of top_p."""
+    from lmforge.sampling import _top_p
+
+    logits = torch.randn(vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    got = _top_p(logits, top_p)
+    p = logits.double().softmax(-1)
+    sorted_p, order = torch.sort(p, descending=True)
+    before = torch.zeros_like(p).scatter(0, order, sorted_p.cumsum(-1) - sorted_p)  # mass before each token
+    want_kept = (before < top_p) | (p == p.max())
+    close = (before - top_p).abs() < 1e-5
+    kept = ~torch.isinf(got)
+    assert torch.equal(kept[~close], want_kept[~close])
+    assert torch.equal(got[kept], logits[kept])  # kept logits are unchanged

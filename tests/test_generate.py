@@ -629,3 +629,20 @@ def test_top_p_keeps_the_nucleus(seed, vocab, scale, top_p):
     kept = ~torch.isinf(got)
     assert torch.equal(kept[~close], want_kept[~close])
     assert torch.equal(got[kept], logits[kept])  # kept logits are unchanged
+
+
+def test_sampling_follows_the_distribution():
+    """Inverse-CDF sampling draws each token with its probability (chi-square against the softmax)
+    and never draws a token that top-k / top-p removed."""
+    from lmforge.sampling import sample
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0, 0.5])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    draws = torch.tensor([int(sample(logits[None], [SamplingParams(temperature=1.0)], [g])[0]) for _ in range(n)])
+    counts = torch.bincount(draws, minlength=6).double()
+    expected = logits.softmax(-1).double() * n
+    chi2 = float(((counts - expected) ** 2 / expected.clamp(min=1e-9))[:4].sum())
+    assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001
+    kept = {int(sample(logits[None], [SamplingParams(temperature=5.0, top_k=2)], [g])[0]) for _ in range(300)}
+    assert kept == {0, 1}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,6 @@ import torch.nn.functional as F
 from lmforge import cpu_kernels
 from lmforge.api import LLM
 from lmforge.checkpoint import save_checkpoint
-from lmforge.config import Config
 from lmforge.errors import LmforgeError
 from lmforge.model import GPT
 from lmforge.quantize import KERNEL_MAX_ROWS, MODES, QuantizedLinear, fuse_projections, quantize_model
@@ -24,13 +25,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def tiny_gpt(seed: int = 0, std: float = 0.3, **kw) -> GPT:
-    torch.manual_seed(seed)
-    cfg = Config(**{**dict(vocab_size=256, n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128,
-                           block_size=128, tie_embeddings=True), **kw})
-    model = GPT(cfg)
-    model.init_weights(std=std)  # large weights: confident, varied next-token choices
-    return model.eval()
+# large weights: confident, varied next-token choices
+tiny_gpt = partial(helpers.tiny_gpt, std=0.3, vocab_size=256, n_query_groups=2, intermediate_size=128,
+                   block_size=128, tie_embeddings=True)
 
 
 @torch.inference_mode()
@@ -234,12 +231,11 @@ def perplexity(model: GPT, ids: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_smollm2_perplexity_on_austen_within_2_percent():
-    from lmforge.assets import fetch_asset
     from lmforge.convert.gguf import load_gguf
 
-    config, sd, tok = load_gguf(fetch_asset("smollm2-135m-instruct"))
+    config, sd, tok = load_gguf(helpers.asset("smollm2-135m-instruct"))
     model = GPT.from_state_dict(config, sd).eval()
-    text = (fetch_asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
+    text = (helpers.asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
     start = text.index("It is a truth universally acknowledged")
     ids = torch.tensor(tok.encode(text[start:start + 6000], bos=False)[:513])
     ref = perplexity(model, ids)

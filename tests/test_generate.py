@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
-from lmforge.generate import Engine, SpeculativeStats, StopMatcher, generate, speculative_generate, stream
+from lmforge.generate import (Engine, PrefixCache, SpeculativeStats, StopMatcher, generate, speculative_generate,
+                              stream)
 from lmforge.model import GPT
 from lmforge.sampling import SamplingParams
 
@@ -474,6 +475,7 @@ def _path_model(path: str) -> GPT:
 
 
 _SCHED_MODELS: dict[str, GPT] = {}
+_PREFIX_HITS: dict[str, int] = {}
 _SOLO: dict[tuple[str, tuple[int, ...]], tuple[list[int], list[float]]] = {}
 _SOLO_TOKENS = 12
 
@@ -504,9 +506,12 @@ def _check_against_solo(path: str, prompt: tuple[int, ...], got: list[int]) -> N
             return
 
 
+# shared openings (a system prompt, a few-shot preamble): later prompts reuse earlier keys/values
+_OPENINGS = [(), (7, 8, 9, 10), (50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60), (7, 8, 9, 10, 11, 12)]
 _request = st.tuples(
     st.integers(0, 8),  # arrival step
-    st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=20).map(tuple),  # prompt
+    st.tuples(st.sampled_from(_OPENINGS), st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=12))
+    .map(lambda t: t[0] + tuple(t[1])),  # prompt
     st.integers(1, _SOLO_TOKENS),  # max_new_tokens
     st.one_of(st.none(), st.integers(0, 10)),  # cancel at this step (None: never)
 )
@@ -516,12 +521,14 @@ _request = st.tuples(
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(slots=st.integers(1, 5), requests=st.lists(_request, min_size=1, max_size=9))
 def test_random_schedules_equal_solo_outputs(path, slots, requests):
-    """Whatever the arrival order, slot count, prompt lengths, cancellations and limits, each
-    request's greedy tokens are its tokens when served alone (the kv cache of a request admitted
-    between running slots used to be overwritten by its neighbours' decode step)."""
+    """Whatever the arrival order, slot count, prompt lengths, shared openings (prefix cache),
+    cancellations and limits, each request's greedy tokens are its tokens when served alone (the kv
+    cache of a request admitted between running slots used to be overwritten by its neighbours'
+    decode step)."""
     if path not in _SCHED_MODELS:
         _SCHED_MODELS[path] = _path_model(path)
-    engine = Engine(_SCHED_MODELS[path], None, max_batch_size=slots, max_seq_length=64)
+    engine = Engine(_SCHED_MODELS[path], None, max_batch_size=slots, max_seq_length=64,
+                    prefix_cache=PrefixCache(min_tokens=2))
     got: dict[str, list[int]] = {}
     finished: dict[str, int] = {}
     ids = [f"r{i}" for i in range(len(requests))]
@@ -539,6 +546,7 @@ def test_random_schedules_equal_solo_outputs(path, slots, requests):
                 finished[ev.request_id] = len(got[ev.request_id])
         step += 1
     assert not engine.has_work()
+    _PREFIX_HITS[path] = _PREFIX_HITS.get(path, 0) + engine.prefix_cache.hits
     for rid, (arrival, prompt, max_new, cancel) in zip(ids, requests):
         tokens = got.get(rid, [])
         if cancel is None:
@@ -646,3 +654,31 @@ def test_sampling_follows_the_distribution():
     assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001
     kept = {int(sample(logits[None], [SamplingParams(temperature=5.0, top_k=2)], [g])[0]) for _ in range(300)}
     assert kept == {0, 1}
+
+
+def test_schedules_used_the_prefix_cache():
+    """The schedules above did exercise prefix hits (runs after them in this module)."""
+    if not _PREFIX_HITS:
+        pytest.skip("the schedule test did not run")
+    assert all(hits > 0 for hits in _PREFIX_HITS.values()), _PREFIX_HITS
+
+
+def test_prefix_cache_reuses_keeps_and_evicts(model):
+    opening = list(range(10, 40))  # a 30-token "system prompt"
+    prompts = [opening + [50 + i, 60 + i] for i in range(3)]
+    params = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    solo = [generate(model, None, p, params).token_ids for p in prompts]
+    engine = Engine(model, None, max_batch_size=1, max_seq_length=64)
+    assert [c.token_ids for c in engine.run(prompts, params)] == solo
+    assert engine.prefix_cache.hits == 2 and engine.prefix_cache.tokens_saved == 60
+    # the same prompt again: everything but its last token comes from the cache
+    assert engine.run([prompts[0]], params)[0].token_ids == solo[0]
+    assert engine.prefix_cache.tokens_saved == 60 + 31
+    # a byte budget that holds one prompt: older ones are dropped, and nothing breaks
+    one = sum(t.numel() * t.element_size() for t in engine.cache.k + engine.cache.v) // 64 * 33
+    small = PrefixCache(max_bytes=one, min_tokens=4)
+    engine = Engine(model, None, max_batch_size=2, max_seq_length=64, prefix_cache=small)
+    assert [c.token_ids for c in engine.run(prompts, params)] == solo
+    assert len(small._entries) == 1 and small._bytes <= one
+    off = Engine(model, None, max_batch_size=1, max_seq_length=64, prefix_cache=PrefixCache(max_bytes=0))
+    assert [c.token_ids for c in off.run(prompts, params)] == solo and off.prefix_cache.hits == 0

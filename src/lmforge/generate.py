@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -187,6 +187,71 @@ def eos_ids_of(tokenizer: Tokenizer | None, config) -> set[int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# prefix cache: prompts that start alike share their keys and values
+# ---------------------------------------------------------------------------------------------
+class PrefixCache:
+    """Keys and values of recently prefilled prompts, so that a prompt starting like one of them (a
+    shared system prompt, a few-shot preamble, a conversation's earlier turns) prefills only the
+    tokens after the common part. Keys/values at a position depend only on the tokens up to it, so
+    the copied part is what the prompt's own prefill computes (up to float rounding of a
+    differently-shaped product). Least recently used prompts are dropped past `max_bytes`.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20, min_tokens: int = 16) -> None:
+        self.max_bytes, self.min_tokens = max_bytes, min_tokens
+        self._entries: OrderedDict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.tokens_saved = 0
+
+    @staticmethod
+    def _common(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    def lookup(self, prompt: Sequence[int]) -> tuple[int, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
+        """The longest stored prefix of `prompt` (at most all but its last token) and its k/v."""
+        best, entry, hit = 0, None, None
+        for key, kv in self._entries.items():
+            n = min(self._common(key, prompt), len(prompt) - 1)
+            if n > best:
+                best, entry, hit = n, kv, key
+        if best < self.min_tokens:
+            return 0, None
+        self._entries.move_to_end(hit)
+        self.hits += 1
+        self.tokens_saved += best
+        return best, entry
+
+    def store(self, prompt: Sequence[int], cache: KVCache, row: int) -> None:
+        """Keep the keys/values of `prompt`, now at positions 0..len-1 of cache row `row`."""
+        n = len(prompt)
+        if n < self.min_tokens or self.max_bytes <= 0:
+            return
+        key = tuple(prompt)
+        if any(len(k) >= n and k[:n] == key for k in self._entries):
+            return  # a longer stored prompt already covers it
+        kv = ([k[row, :, :n].clone() for k in cache.k], [v[row, :, :n].clone() for v in cache.v])
+        size = sum(t.numel() * t.element_size() for t in (*kv[0], *kv[1]))
+        if size > self.max_bytes:
+            return
+        for old in [k for k in self._entries if len(k) < n and key[:len(k)] == k]:
+            self._drop(old)  # prefixes of the new prompt: it covers them
+        self._entries[key] = kv
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        k, v = self._entries.pop(key)
+        self._bytes -= sum(t.numel() * t.element_size() for t in (*k, *v))
+
+
+# ---------------------------------------------------------------------------------------------
 # the engine
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -199,6 +264,7 @@ class _Request:
     history: torch.Tensor | None = None  # prompt + output ids, for the repetition penalty
     slot: int = -1
     pos: int = 0  # where the next fed token goes in the cache
+    cached: int = 0  # prompt tokens whose keys/values came from the prefix cache
     next_token: int = -1  # sampled, not yet fed to the model
     finished: bool = False
 
@@ -217,12 +283,14 @@ class Engine:
         tokenizer: used for text output and stop strings; None gives token ids only (text "").
         max_batch_size: number of slots (KV-cache rows) decoding concurrently.
         max_seq_length: cache length (prompt + completion) per slot; default the model's block_size.
+        prefix_cache: where prompts' keys/values are kept for later prompts that start alike
+            (default a 64 MB `PrefixCache`; `PrefixCache(max_bytes=0)` turns it off).
 
     `add` and `cancel` may be called from any thread while one thread calls `step`.
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer | None, max_batch_size: int = 8,
-                 max_seq_length: int | None = None) -> None:
+                 max_seq_length: int | None = None, prefix_cache: PrefixCache | None = None) -> None:
         import torch
 
         if max_batch_size < 1:
@@ -245,6 +313,7 @@ class Engine:
         self._pending = _Pending()
         self._ids = itertools.count()
         self._known: set[str] = set()
+        self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
 
     def _cache_view(self, lo: int, hi: int) -> KVCache:
         from lmforge.model import KVCache
@@ -381,11 +450,19 @@ class Engine:
             req.slot = slot
             self.slots[slot] = req
             admitted.append(req)
+        for req in admitted:  # a prompt that starts like a recent one: copy that part of the cache
+            n, kv = self.prefix_cache.lookup(req.prompt)
+            if kv is not None:
+                for layer, (k, v) in enumerate(zip(*kv)):
+                    self.cache.k[layer][req.slot, :, :n] = k[:, :n]
+                    self.cache.v[layer][req.slot, :, :n] = v[:, :n]
+                req.cached = n
+                self._isolated(self._prefill, [req], events)
         # requests admitted together are prefilled together, up to ~PREFILL_TOKENS padded tokens a
         # forward: one large matrix product per weight instead of one small one per request
         group: list[_Request] = []
         width = 0  # longest prompt in the group
-        for req in admitted:
+        for req in (r for r in admitted if not r.cached):
             if group and max(width, len(req.prompt)) * (len(group) + 1) > PREFILL_TOKENS:
                 self._isolated(self._prefill, group, events)
                 group, width = [], 0
@@ -398,11 +475,11 @@ class Engine:
     def _prefill(self, reqs: list[_Request], events: list[Event]) -> None:
         import torch
 
-        if len(reqs) == 1:  # a one-row view of the cache: SDPA's unmasked causal kernel
+        if len(reqs) == 1:  # a one-row view of the cache (no cached prefix: SDPA's unmasked causal kernel)
             req = reqs[0]
-            n = len(req.prompt)
-            idx = torch.tensor([req.prompt], dtype=torch.long, device=self.device)
-            logits = self.model(idx, input_pos=self._positions[:n], cache=self._row_caches[req.slot],
+            start, n = req.cached, len(req.prompt)
+            idx = torch.tensor([req.prompt[start:]], dtype=torch.long, device=self.device)
+            logits = self.model(idx, input_pos=self._positions[start:n], cache=self._row_caches[req.slot],
                                 logits_to_keep=1)[:, -1]
         else:
             # right-padded rows at positions 0..T-1 of their own cache rows; a padded position's
@@ -417,6 +494,8 @@ class Engine:
                                 rows=rows, return_hidden=True)
             last = hidden[torch.arange(len(reqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
             logits = self.model.head(last)
+        for r in reqs:
+            self.prefix_cache.store(r.prompt, self.cache, r.slot)
         self._emit(logits, reqs, [len(r.prompt) for r in reqs], events)
 
     def _decode(self, rows: list[_Request], events: list[Event]) -> None:

@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "out/demo", minutes: float = 3.0, skip_pretrain: 
     """
     from lmforge.api import LLM
     from lmforge.assets import fetch
-    from lmforge.convert.source import convert_source
+    from lmforge.conversion import convert_source
 
     out_dir = Path(out)
     t_start = time.perf_counter()

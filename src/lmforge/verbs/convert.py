@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lmforge.convert.source import Format, GgufType
+from lmforge.conversion import Format, GgufType
 
 
 def convert(
@@ -26,7 +26,7 @@ def convert(
         dtype: cast floating-point weights to this dtype (default: keep the source's).
         gguf_type: tensor type for --to gguf.
     """
-    from lmforge.convert.source import convert_source
+    from lmforge.conversion import convert_source
 
     done = convert_source(source, out, to=to, dtype=dtype, gguf_type=gguf_type)
     print(done)

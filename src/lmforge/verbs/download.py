@@ -16,7 +16,7 @@ def download(repo_id: str, out: str | None = None, revision: str | None = None, 
     """
     from lmforge._io import lmforge_home
     from lmforge.checkpoint import download as hub_download
-    from lmforge.convert.source import convert_source
+    from lmforge.conversion import convert_source
 
     local = hub_download(repo_id, revision=revision, token=token)
     done = convert_source(local, Path(out) if out else lmforge_home() / "checkpoints" / repo_id, to="lmforge")

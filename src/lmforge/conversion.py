@@ -1,9 +1,10 @@
 """Convert any SOURCE (lmforge dir, HF dir, .gguf file, HF repo id) to an lmforge, HF or GGUF checkpoint.
 
-    from lmforge.convert.source import convert_source
+    from lmforge.conversion import convert_source
     print(convert_source("model.gguf", "out/ckpt", to="lmforge"))
 
-What `lmforge convert` and `lmforge download` run, and the demo's GGUF -> lmforge step.
+What `lmforge convert` and `lmforge download` run, and the demo's GGUF -> lmforge step. It sits above
+`lmforge.checkpoint` (which reads any SOURCE through the per-format converters in `lmforge.convert`).
 """
 
 from __future__ import annotations

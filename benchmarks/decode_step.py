@@ -89,7 +89,7 @@ def gemm_peak(weights: list[torch.Tensor], M: int, repeats: int) -> float:
 
 @torch.inference_mode()
 def step_time(model: GPT, M: int, position: int, steps: int) -> float:
-    plan = model.fast_decode.plan
+    plan = model.runner.plan
     cache = model.new_kv_cache(M, position + 8)
     pos = torch.full((M, 1), position)
     x = torch.randn(M, 1, model.config.n_embd)

@@ -180,7 +180,9 @@ def timed(fn: Callable[[], list[int]]) -> tuple[float, list[int]]:
 # the run
 # ---------------------------------------------------------------------------------------------
 def bench_model(name: str, args, tmp: Path, buf) -> list[dict]:
-    from lmforge.quantize import quantize_model
+    from lmforge.fast_decode import install_fast_decode
+    from lmforge.inference import prepare_for_inference
+    from lmforge.quantize import fuse_projections, quantize_model
 
     t0 = time.perf_counter()
     model, hf = MODELS[name](tmp)
@@ -189,15 +191,17 @@ def bench_model(name: str, args, tmp: Path, buf) -> list[dict]:
     prompt = torch.randint(0, model.config.vocab_size, (args.prompt_tokens,), generator=g)
     long_prompt = torch.randint(0, model.config.vocab_size, (args.ttft_prompt,), generator=g)
 
-    from lmforge.fast_decode import install_fast_decode
-
     loop = copy.deepcopy(model)
-    loop.__dict__["fast_decode"] = None  # GPT's own layer loop (an explicit None: nothing installs one)
-    install_fast_decode(model)  # what LLM.load / load_source do on CPU
+    loop.runner = None  # GPT's own layer loop
+    prepare_for_inference(model)  # what LLM.load does on CPU
     models = {"hf": hf, "loop": loop, "raw": model, "engine": model}
-    for variant, mode in (("fp32k", "fp32"), ("int8", "int8"), ("bf16", "bf16")):
+    for variant in ("int8", "bf16"):
         if variant in args.variants:
-            models[variant] = quantize_model(copy.deepcopy(model), mode)
+            models[variant] = prepare_for_inference(copy.deepcopy(loop), variant)
+    if "fp32k" in args.variants:  # the same fp32 weights as QuantizedLinear, q/k/v and gate/up fused
+        fp32k = quantize_model(copy.deepcopy(loop), "fp32")
+        install_fast_decode(fp32k, fuse_projections(fp32k))
+        models["fp32k"] = fp32k
     runners = {
         "hf": lambda m, p, n: hf_decode(m, p, n),
         "loop": raw_decode, "raw": raw_decode, "engine": engine_decode, "fp32k": raw_decode, "int8": raw_decode, "bf16": raw_decode,

@@ -79,9 +79,9 @@ def start_server(source: Path, args: argparse.Namespace) -> tuple[subprocess.Pop
     raise SystemExit("the server did not start within 300 s")
 
 
-async def one_request(client, url: str, question: str, max_tokens: int) -> dict:
+async def one_request(client, url: str, question: str, max_tokens: int, sampling: dict) -> dict:
     body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}, **sampling}
     t0 = time.perf_counter()
     stamps: list[float] = []
     usage = None
@@ -101,13 +101,15 @@ async def one_request(client, url: str, question: str, max_tokens: int) -> dict:
             "tokens": usage["completion_tokens"], "seconds": stamps[-1] - t0}
 
 
-async def run_level(url: str, clients: int, per_client: int, max_tokens: int, budget: float) -> dict:
+async def run_level(url: str, clients: int, per_client: int, max_tokens: int, budget: float,
+                    sampling: dict) -> dict:
     import httpx
 
     async def client_loop(i: int, client) -> list[dict]:
         out = []
         for j in range(per_client):
-            out.append(await one_request(client, url, QUESTIONS[(i * per_client + j) % len(QUESTIONS)], max_tokens))
+            out.append(await one_request(client, url, QUESTIONS[(i * per_client + j) % len(QUESTIONS)], max_tokens,
+                                              sampling))
         return out
 
     limits = httpx.Limits(max_connections=clients + 2)
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
     p.add_argument("--max-seq-length", type=int, default=256, help="KV-cache length per slot")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0 samples (with --top-p)")
+    p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads, for the server and the baseline")
@@ -176,17 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     gguf = fetch_asset("smollm2-135m-instruct")  # the baseline always reads the GGUF asset
     deadline = time.monotonic() + args.max_seconds
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": 0} if args.temperature else {}
     proc, url = start_server(Path(args.source) if args.source else gguf, args)
     rows = []
     try:
         # one warm-up request: the first forward pays one-off costs
-        asyncio.run(run_level(url, 1, 1, 4, 120))
+        asyncio.run(run_level(url, 1, 1, 4, 120, sampling))
         for c in args.clients:
             left = deadline - time.monotonic()
             if left < 10:
                 print(f"time budget spent; skipping {c} clients", file=sys.stderr)
                 break
-            row = asyncio.run(run_level(url, c, args.requests_per_client, args.max_tokens, left))
+            row = asyncio.run(run_level(url, c, args.requests_per_client, args.max_tokens, left, sampling))
             rows.append({"system": "lmforge serve", **row})
             print(f"lmforge serve, {c:>2} clients: {row['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
     finally:

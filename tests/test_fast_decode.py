@@ -3,50 +3,31 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import KERNEL_FAMILIES, TINY, tiny_gpt
 
 from lmforge import cpu_kernels
 from lmforge.config import Config
 from lmforge.fast_decode import Workspace, _attention, install_fast_decode, unsupported
 from lmforge.generate import Engine
 from lmforge.model import GPT, KVCache
-from lmforge.quantize import QuantizedLinear, quantize_model
+from lmforge.quantize import QuantizedLinear, fuse_projections, quantize_model
 from lmforge.sampling import SamplingParams
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="CPU kernels need x86-64 Linux with AVX2 and cc")
 
-BASE = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, block_size=64, intermediate_size=96)
-# every block variant the kernel covers
-FAMILIES = {
-    "llama-gqa": dict(n_query_groups=2),
-    "qwen3-qknorm-bias": dict(n_query_groups=1, qk_norm="head", attn_bias=True, head_size=32),
-    "pythia-parallel": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu", parallel_residual=True,
-                            shared_attention_norm=False, rotary_percentage=0.25, attn_bias=True,
-                            attn_out_bias=True, mlp_bias=True),
-    "phi2-shared-norm": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu_tanh",
-                             parallel_residual=True, shared_attention_norm=True, rotary_percentage=0.5,
-                             attn_bias=True, attn_out_bias=True, mlp_bias=True, lm_head_bias=True),
-    "gpt2-learned": dict(norm_class="layernorm", mlp_class="mlp", activation="gelu_tanh",
-                         position_embedding="learned", attn_bias=True, attn_out_bias=True, mlp_bias=True),
-    "relu-mlp": dict(mlp_class="mlp", activation="relu"),
-    "softcapped-head": dict(n_query_groups=2, final_logit_softcap=5.0),  # head stays in Python
-}
+FAMILIES = KERNEL_FAMILIES  # every block variant the kernel covers
+BASE = TINY
 
 
 def build(family: str, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    cfg = Config(**{**BASE, **FAMILIES[family]})
-    model = GPT(cfg)
-    model.init_weights(std=0.2)  # large weights: differences would show
-    for name, p in model.named_parameters():  # non-trivial norm weights and biases
-        if p.dim() == 1:
-            with torch.no_grad():
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    # large weights and non-trivial norm weights and biases: differences would show
+    return tiny_gpt(family, seed=seed, vector_noise=0.1)
 
 
 def decode(model: GPT, ids: list[int], prefill: int, cache_rows: int = 1, row: int = 0):
@@ -60,14 +41,29 @@ def decode(model: GPT, ids: list[int], prefill: int, cache_rows: int = 1, row: i
     return torch.cat(steps, dim=1), cache
 
 
+_FUSION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a quantized model's fused products
+
+
+def quantize(model: GPT, mode: str) -> GPT:
+    """Weights in `mode` with q/k/v and gate/up fused, as `prepare_for_inference` makes them."""
+    quantize_model(model, mode)
+    _FUSION[model] = fuse_projections(model)
+    return model
+
+
+def install(model: GPT) -> bool:
+    """The kernels' runner for `model` (with its fused products, if quantized)."""
+    return install_fast_decode(model, _FUSION.get(model))
+
+
 class Counting:
     """Wraps a model's decoder to count the calls that took the fast path."""
 
     def __init__(self, decoder) -> None:
         self.decoder, self.hits, self.prefills = decoder, 0, 0
 
-    def __call__(self, *args):
-        out = self.decoder(*args)
+    def decode(self, *args):
+        out = self.decoder.decode(*args)
         self.hits += out is not None
         return out
 
@@ -80,19 +76,19 @@ class Counting:
 def switch(model: GPT, fast: bool) -> Counting | None:
     """Send `model`'s forwards through a counted fast path (True) or its layer loop (False)."""
     if not fast:
-        model.__dict__["fast_decode"] = None
+        model.runner = None
         return None
-    assert install_fast_decode(model), unsupported(model)
-    model.__dict__["fast_decode"] = counter = Counting(model.__dict__["fast_decode"])
+    assert install(model), unsupported(model)
+    model.runner = counter = Counting(model.runner)
     return counter
 
 
 def fast_vs_loop(model: GPT, ids: list[int], prefill: int = 5, **kw):
-    assert install_fast_decode(model), unsupported(model)
-    model.__dict__["fast_decode"] = counter = Counting(model.__dict__["fast_decode"])
+    assert install(model), unsupported(model)
+    model.runner = counter = Counting(model.runner)
     fast, fast_cache = decode(model, ids, prefill, **kw)
     assert counter.hits == len(ids) - prefill
-    model.__dict__.pop("fast_decode")
+    model.runner = None
     loop, loop_cache = decode(model, ids, prefill, **kw)
     return fast, loop, fast_cache, loop_cache
 
@@ -105,7 +101,7 @@ IDS = [3, 17, 40, 5, 88, 12, 9, 61, 33, 2, 70, 15, 27]
 def test_fast_decode_equals_layer_loop(family, mode):
     model = build(family)
     if mode != "plain":
-        quantize_model(model, mode)
+        quantize(model, mode)
     fast, loop, fast_cache, loop_cache = fast_vs_loop(model, IDS)
     # same fp32 arithmetic, other summation order; int8 re-rounds activations that differ by ~1e-7
     tol = 2e-3 if mode == "int8" else 2e-5
@@ -121,7 +117,7 @@ def test_several_sequences_at_their_own_positions(family, mode):
     """B rows in one step, each at its own position (continuous batching), equal the layer loop."""
     model = build(family)
     if mode != "plain":
-        quantize_model(model, mode)
+        quantize(model, mode)
     lengths = [3, 9, 6]
     results, counter = [], None
     for fast in (True, False):
@@ -177,7 +173,7 @@ def test_batched_step_for_every_row_count(family, mode, isa):
     """One decode step of M = 1..16 sequences, each at its own position, equals the layer loop."""
     model = build(family)
     if mode != "plain":
-        quantize_model(model, mode)
+        quantize(model, mode)
     n = 16
     lengths = [2 + 5 * r % 23 for r in range(n)]  # row r holds lengths[r] tokens
     prefilled = model.new_kv_cache(n, 32)
@@ -207,13 +203,13 @@ def test_batched_step_for_every_row_count(family, mode, isa):
 def test_hidden_states_and_a_replaced_head():
     model = build("llama-gqa")
     model.lm_head = nn.Linear(model.config.n_embd, 2)  # a classifier head runs in the kernel too
-    assert install_fast_decode(model) and model.fast_decode.plan.has_head
+    assert install(model) and model.runner.plan.has_head
     cache_f, cache_l = model.new_kv_cache(1, 32), model.new_kv_cache(1, 32)
     with torch.inference_mode():
         outs = []
-        counter = Counting(model.fast_decode)
+        counter = Counting(model.runner)
         for cache, fast in ((cache_f, True), (cache_l, False)):
-            model.__dict__["fast_decode"] = counter if fast else None
+            model.runner = counter if fast else None
             model(torch.tensor([IDS[:4]]), torch.arange(4), cache)
             h = model(torch.tensor([IDS[4:5]]), torch.tensor([4]), cache, return_hidden=True)
             y = model(torch.tensor([IDS[5:6]]), torch.tensor([5]), cache)
@@ -235,8 +231,8 @@ def test_fast_decode_writes_the_requested_cache_row():
 
 def test_plan_follows_model_changes():
     model = build("llama-gqa")
-    assert install_fast_decode(model)
-    decoder = model.fast_decode
+    assert install(model)
+    decoder = model.runner
     plan = decoder.plan
     # a swapped module (what a LoRA wrapper does): the old pointers must not be used; the decoder
     # builds a plan for the new module
@@ -244,10 +240,10 @@ def test_plan_follows_model_changes():
     new = nn.Linear(old.in_features, old.out_features, bias=False)
     model.layers[1].self_attn.o_proj = new
     assert not plan.valid()
-    model.__dict__["fast_decode"] = counter = Counting(decoder)
+    model.runner = counter = Counting(decoder)
     fast, _ = decode(model, IDS, 5)
     assert counter.hits == len(IDS) - 5 and decoder.plan is not plan
-    model.__dict__["fast_decode"] = None
+    model.runner = None
     loop, _ = decode(model, IDS, 5)
     torch.testing.assert_close(fast, loop, rtol=2e-5, atol=2e-5)
     # weights changed in place are seen as they are (training updates them this way)
@@ -256,18 +252,18 @@ def test_plan_follows_model_changes():
     fast, loop, _, _ = fast_vs_loop(model, IDS)
     torch.testing.assert_close(fast, loop, rtol=2e-5, atol=2e-5)
     # a deep copy gets its own plan, pointing at its own tensors
-    assert install_fast_decode(model)
+    assert install(model)
     twin = copy.deepcopy(model)
     with torch.no_grad():
         twin.layers[0].self_attn.q_proj.weight.mul_(2.0)
     twin_fast, _ = decode(twin, IDS, 5)
-    model.__dict__["fast_decode"] = None
-    twin.__dict__["fast_decode"] = None
+    model.runner = None
+    twin.runner = None
     torch.testing.assert_close(twin_fast, decode(twin, IDS, 5)[0], rtol=2e-5, atol=2e-5)
     assert not torch.allclose(twin_fast, decode(model, IDS, 5)[0])
     # another dtype: the kernel cannot run it, the loop does
-    assert install_fast_decode(model)
-    model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
+    assert install(model)
+    model.runner = counter = Counting(model.runner)
     model.to(torch.bfloat16)
     with torch.inference_mode():
         cache = model.new_kv_cache(1, 32)
@@ -296,12 +292,11 @@ def test_engine_uses_the_fast_path_and_matches_greedy_without_it():
             out += [e.token_id for e in engine.step() if e.request_id == rid]
         return out
 
-    assert install_fast_decode(model)
-    model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
+    assert install(model)
+    model.runner = counter = Counting(model.runner)
     fast = run()
     assert counter.hits == 11  # every step after the prefill
-    model.__dict__.pop("fast_decode")
-    model.__dict__["fast_decode"] = None  # Engine leaves an explicit None alone: the loop
+    model.runner = None  # the Engine takes the model as it is: the layer loop
     loop = run()
     assert fast == loop and len(fast) == 12
 
@@ -345,7 +340,7 @@ def check_prefill_path(model: GPT, tol: float = 2e-5, grad_off=torch.inference_m
 def test_prefill_path_equals_layer_loop(family, mode):
     model = build(family)
     if mode != "plain":
-        quantize_model(model, mode)  # fp32/int8: fused q/k/v and gate/up products
+        quantize(model, mode)  # fp32/int8: fused q/k/v and gate/up products
     check_prefill_path(model, tol=2e-3 if mode == "int8" else 2e-5)
 
 
@@ -412,8 +407,8 @@ def test_prefill_buffers_are_kept_up_to_a_size(monkeypatch):
     from lmforge import fast_decode
 
     model = build("llama-gqa")
-    assert install_fast_decode(model)
-    local = model.fast_decode._local
+    assert install(model)
+    local = model.runner._local
     with torch.inference_mode():
         model(torch.tensor([IDS]))
         kept = local.workspace.nbytes
@@ -425,8 +420,8 @@ def test_prefill_buffers_are_kept_up_to_a_size(monkeypatch):
 
 def test_prefill_path_steps_aside_for_training():
     model = build("llama-gqa")
-    assert install_fast_decode(model)
-    model.__dict__["fast_decode"] = counter = Counting(model.fast_decode)
+    assert install(model)
+    model.runner = counter = Counting(model.runner)
     logits = model(torch.tensor([IDS]))
     logits.sum().backward()  # gradients on: the layer loop, whose graph this is
     assert counter.prefills == 0 and model.lm_head.weight.grad is not None

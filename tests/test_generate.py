@@ -462,19 +462,14 @@ def test_smollm2_greedy_matches_transformers(smollm2):
 # ---------------------------------------------------------------------------------------------
 def _path_model(path: str) -> GPT:
     """The tiny model on one inference path: the one-call kernels or the layer loop, fp32 or int8."""
-    from lmforge.quantize import quantize_model
+    from lmforge.inference import prepare_for_inference
 
-    m = tiny_gpt(seed=3)
     kernels, weights = path.split("-")
-    if weights == "int8":
-        quantize_model(m, "int8")
+    m = prepare_for_inference(tiny_gpt(seed=3), "int8" if weights == "int8" else "none")
     if kernels == "loop":
-        m.__dict__["fast_decode"] = None  # GPT.forward's layer loop; the Engine keeps it
-    elif "fast_decode" not in m.__dict__:
-        from lmforge.fast_decode import install_fast_decode
-
-        if not install_fast_decode(m):
-            pytest.skip("no C compiler or AVX2 here: the kernel path is not available")
+        m.runner = None  # GPT.forward's layer loop
+    elif m.runner is None:
+        pytest.skip("no C compiler or AVX2 here: the kernel path is not available")
     return m
 
 
@@ -614,3 +609,40 @@ def test_tiny_top_p_keeps_the_top_token(model):
     for extra in (dict(top_p=5e-324), dict(top_p=1e-40, min_p=5e-324), dict(top_k=1, top_p=1e-45)):
         got = generate(model, None, PROMPTS[1], SamplingParams(max_new_tokens=6, temperature=1.0, seed=0, **extra))
         assert got.token_ids == expected, extra
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31), vocab=st.sampled_from([5, 300, 5000]), scale=st.floats(0.01, 30.0),
+       top_p=st.floats(1e-6, 0.999999))
+def test_top_p_keeps_the_nucleus(seed, vocab, scale, top_p):
+    """The candidate shortcut keeps exactly the nucleus of a float64 full sort (flat and peaked
+    logits), except a token whose mass-before lies within float32 rounding of top_p."""
+    from lmforge.sampling import _top_p
+
+    logits = torch.randn(vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    got = _top_p(logits, top_p)
+    p = logits.double().softmax(-1)
+    sorted_p, order = torch.sort(p, descending=True)
+    before = torch.zeros_like(p).scatter(0, order, sorted_p.cumsum(-1) - sorted_p)  # mass before each token
+    want_kept = (before < top_p) | (p == p.max())
+    close = (before - top_p).abs() < 1e-5
+    kept = ~torch.isinf(got)
+    assert torch.equal(kept[~close], want_kept[~close])
+    assert torch.equal(got[kept], logits[kept])  # kept logits are unchanged
+
+
+def test_sampling_follows_the_distribution():
+    """Inverse-CDF sampling draws each token with its probability (chi-square against the softmax)
+    and never draws a token that top-k / top-p removed."""
+    from lmforge.sampling import sample
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0, 0.5])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    draws = torch.tensor([int(sample(logits[None], [SamplingParams(temperature=1.0)], [g])[0]) for _ in range(n)])
+    counts = torch.bincount(draws, minlength=6).double()
+    expected = logits.softmax(-1).double() * n
+    chi2 = float(((counts - expected) ** 2 / expected.clamp(min=1e-9))[:4].sum())
+    assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001
+    kept = {int(sample(logits[None], [SamplingParams(temperature=5.0, top_k=2)], [g])[0]) for _ in range(300)}
+    assert kept == {0, 1}

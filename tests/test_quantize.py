@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,10 +14,9 @@ import torch.nn.functional as F
 from lmforge import cpu_kernels
 from lmforge.api import LLM
 from lmforge.checkpoint import save_checkpoint
-from lmforge.config import Config
 from lmforge.errors import LmforgeError
 from lmforge.model import GPT
-from lmforge.quantize import KERNEL_MAX_ROWS, MODES, QuantizedLinear, quantize_model
+from lmforge.quantize import KERNEL_MAX_ROWS, MODES, QuantizedLinear, fuse_projections, quantize_model
 
 needs_kernels = pytest.mark.skipif(cpu_kernels.load() is None, reason="no AVX2 CPU or no C compiler")
 
@@ -24,13 +25,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def tiny_gpt(seed: int = 0, std: float = 0.3, **kw) -> GPT:
-    torch.manual_seed(seed)
-    cfg = Config(**{**dict(vocab_size=256, n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=128,
-                           block_size=128, tie_embeddings=True), **kw})
-    model = GPT(cfg)
-    model.init_weights(std=std)  # large weights: confident, varied next-token choices
-    return model.eval()
+# large weights: confident, varied next-token choices
+tiny_gpt = partial(helpers.tiny_gpt, std=0.3, vocab_size=256, n_query_groups=2, intermediate_size=128,
+                   block_size=128, tie_embeddings=True)
 
 
 @torch.inference_mode()
@@ -219,7 +216,7 @@ def test_llm_load_quantizes_at_load_time(tmp_path):
     x = torch.randint(0, 256, (1, 16))
     with torch.inference_mode():
         assert rel_err(llm.model(x), model(x)) < 0.03
-    with pytest.raises(LmforgeError, match="quantize mode"):
+    with pytest.raises(LmforgeError, match="quantize .int3. is not one of: none, int8, bf16"):
         LLM.load(tmp_path / "ck", device="cpu", quantize="int3")
 
 
@@ -234,12 +231,11 @@ def perplexity(model: GPT, ids: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_smollm2_perplexity_on_austen_within_2_percent():
-    from lmforge.assets import fetch_asset
     from lmforge.convert.gguf import load_gguf
 
-    config, sd, tok = load_gguf(fetch_asset("smollm2-135m-instruct"))
+    config, sd, tok = load_gguf(helpers.asset("smollm2-135m-instruct"))
     model = GPT.from_state_dict(config, sd).eval()
-    text = (fetch_asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
+    text = (helpers.asset("austen") / "pride_and_prejudice.txt").read_text(encoding="utf-8")
     start = text.index("It is a truth universally acknowledged")
     ids = torch.tensor(tok.encode(text[start:start + 6000], bos=False)[:513])
     ref = perplexity(model, ids)
@@ -249,24 +245,28 @@ def test_smollm2_perplexity_on_austen_within_2_percent():
         assert abs(ppl / ref - 1) < 0.02, (mode, ppl, ref)
 
 
+@needs_kernels
 def test_fused_projections_share_storage_and_fall_back_when_a_member_changes():
+    from lmforge.fast_decode import install_fast_decode
+    from lmforge.inference import prepare_for_inference
+
     model = tiny_gpt(std=0.02)
-    q = quantize_model(copy.deepcopy(model), "int8")
+    q = prepare_for_inference(copy.deepcopy(model), "int8")
+    fusion = q.runner.fusion  # the runner holds the fused products; the modules stay as they were
     attn, mlp = q.layers[0].self_attn, q.layers[0].mlp
-    fused = attn.__dict__["fused_qkv"]
-    assert fused.covers(attn.q_proj, attn.k_proj, attn.v_proj) and "fused_gate_up" in mlp.__dict__
+    fused = fusion[attn]
+    assert fused.covers(attn.q_proj, attn.k_proj, attn.v_proj) and mlp in fusion
     assert attn.k_proj.weight.data_ptr() == fused.weight.data_ptr() + attn.q_proj.weight.numel()  # a view
     assert not any("fused" in k for k in q.state_dict())
     x = torch.randint(0, 256, (1, 12))
     with torch.inference_mode():
         with_fused = q(x[:, -1:], input_pos=torch.tensor([0]), cache=q.new_kv_cache(1, 4))
-        for layer in q.layers:  # drop the fused modules: the per-projection path gives the same logits
-            layer.self_attn.__dict__.pop("fused_qkv")
-            layer.mlp.__dict__.pop("fused_gate_up")
+        install_fast_decode(q)  # a runner without the fused products: the per-projection path
         without = q(x[:, -1:], input_pos=torch.tensor([0]), cache=q.new_kv_cache(1, 4))
     assert rel_err(with_fused, without) < 1e-5
     # a projection swapped after fusing (e.g. an adapter) is used, not the stale fused weight
     q2 = quantize_model(copy.deepcopy(model), "int8")
+    fusion2 = fuse_projections(q2)
     q2.layers[0].self_attn.v_proj = QuantizedLinear(torch.nn.Linear(64, 32), "int8")
-    assert not q2.layers[0].self_attn.__dict__["fused_qkv"].covers(
+    assert not fusion2[q2.layers[0].self_attn].covers(
         q2.layers[0].self_attn.q_proj, q2.layers[0].self_attn.k_proj, q2.layers[0].self_attn.v_proj)

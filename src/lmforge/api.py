@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lmforge.sampling import SamplingParams
 
     from lmforge.config import Config
+    from lmforge.inference import Quantize
     from lmforge.model import GPT
     from lmforge.tokenizer import Tokenizer
 
@@ -40,14 +41,18 @@ class LLM:
 
     @classmethod
     def load(cls, source: str | Path, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None, quantize: str | None = None) -> LLM:
+             dtype: str | torch.dtype | None = None, quantize: Quantize | None = "none") -> LLM:
         """Load from an lmforge checkpoint dir, an HF model dir, a .gguf file or an HF repo id.
 
-        `quantize="int8"` (or "bf16") stores the weights that way for faster CPU decoding.
+        `quantize="int8"` (or "bf16") stores the weights that way for faster CPU decoding; on CPU the
+        model runs on lmforge's kernels (`lmforge.inference.prepare_for_inference`).
         """
         from lmforge.checkpoint import load_source
+        from lmforge.inference import check_quantize, prepare_for_inference
 
-        model, tokenizer, config = load_source(source, device=device, dtype=dtype, quantize=quantize)
+        mode = check_quantize(quantize)  # before the (slow) load
+        model, tokenizer, config = load_source(source, device=device, dtype=dtype)
+        prepare_for_inference(model, mode)
         return cls(model, tokenizer, config, source=str(source))
 
     @property

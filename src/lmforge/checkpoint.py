@@ -179,34 +179,25 @@ def load_source_parts(source: str | Path) -> tuple[Config, dict[str, torch.Tenso
 
 def load_source(
     source: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-    quantize: str | None = None,
 ) -> tuple[GPT, Tokenizer | None, Config]:
-    """Load a model ready for inference from any SOURCE (see module docstring).
+    """Load a model from any SOURCE (see module docstring), as a plain `GPT` in eval mode.
 
     Args:
         source: lmforge dir, HF dir, .gguf file or HF repo id.
         device: "cpu", "cuda", "auto" (default: cuda when available).
         dtype: "float32", "bfloat16", "float16" (default: float32 on CPU, bfloat16 on CUDA).
-        quantize: "int8" / "bf16" weight-only inference mode (`lmforge.quantize`), or None.
+
+    How it then runs (kernels, int8/bf16 weights) is `lmforge.inference.prepare_for_inference`'s
+    choice; `LLM.load` makes both calls.
     """
     import torch
 
     from lmforge.model import GPT
 
-    if quantize not in (None, "none", "int8", "bf16", "fp32"):
-        raise LmforgeError(f"unknown quantize mode {quantize!r} (use one of none, int8, bf16, fp32)")
     device = resolve_device(device)
     dtype = parse_dtype(dtype, LmforgeError) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     config, sd, tokenizer = load_source_parts(source)
     sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in sd.items()}
     model = GPT.from_state_dict(config, sd, source=str(source))
     model.eval()
-    if quantize not in (None, "none"):
-        from lmforge.quantize import quantize_model
-
-        quantize_model(model, quantize)  # installs the one-call decoder itself
-    elif device.type == "cpu":
-        from lmforge.fast_decode import install_fast_decode
-
-        install_fast_decode(model)  # CPU decoding steps in one kernel call each
     return model, tokenizer, config

@@ -41,6 +41,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge._io import lmforge_home
+
 SOURCE_DIR = Path(__file__).with_name("kernels")
 SOURCES = ("lmf_cpu.c", "lmf_cpu.h")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-Wall", "-Wextra", "-pthread", "-shared", "-fPIC")
@@ -112,11 +114,6 @@ def header() -> Header:
 # ---------------------------------------------------------------------------------------------
 # building and loading the library
 # ---------------------------------------------------------------------------------------------
-def _cache_dir() -> Path:
-    home = os.environ.get("LMFORGE_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "lmforge"
-
-
 def supported() -> bool:
     """True on x86-64 Linux with AVX2 (what the kernels are written for)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
@@ -137,7 +134,7 @@ def library_path(flags: list[str]) -> Path:
     for name in SOURCES:
         digest.update((SOURCE_DIR / name).read_bytes())
     digest.update(" ".join(flags).encode())
-    return _cache_dir() / "kernels" / f"lmf_cpu_{digest.hexdigest()[:16]}.so"
+    return lmforge_home() / "kernels" / f"lmf_cpu_{digest.hexdigest()[:16]}.so"
 
 
 def build(out: Path, flags: list[str]) -> str:

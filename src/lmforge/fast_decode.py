@@ -1,7 +1,7 @@
 """Batch-1 CPU decoding of every layer in one kernel call, and a leaner prefill.
 
     from lmforge.fast_decode import install_fast_decode
-    install_fast_decode(model)   # done for you by `load_source`/`LLM.load`, `Engine` and `quantize_model`
+    install_fast_decode(model)   # done for you by `lmforge.inference.prepare_for_inference` (LLM.load)
 
 A decoding step of a 30-layer model is ~400 small operations. Issued one by one from Python they
 cost about as much time as reading the weights, which is all a batch-1 step fundamentally has to
@@ -10,7 +10,7 @@ do. `DecodePlan` hands the whole layer stack for one token of one sequence to
 output projection and MLP, with the matrix-vector products on the kernels' own thread pool. The
 embedding before and the final norm and head after stay in `GPT.forward`.
 
-The plan is an optimisation only: `GPT.forward` calls `model.fast_decode` (a `FastDecoder`) for a
+The plan is an optimisation only: `GPT.forward` calls `model.runner.decode` (a `FastDecoder`) for a
 (1, 1) input with a KV cache when gradients are off, and takes its ordinary layer loop whenever it
 returns None. The arithmetic is the same fp32 arithmetic in a different summation order, so logits agree
 with the layer loop to ~1e-6 relative (fp32 weights), not bitwise.
@@ -62,8 +62,9 @@ def _linear_mode(m: nn.Module) -> str | None:
     return None
 
 
-def _fused(owner: nn.Module, attr: str, *members: nn.Module):
-    fused = owner.__dict__.get(attr)  # set by lmforge.quantize.fuse_projections
+def _fused(fusion: dict, owner: nn.Module, *members: nn.Module):
+    """The fused product of `owner`'s `members` (lmforge.quantize.fuse_projections), if still valid."""
+    fused = fusion.get(owner)
     return fused if fused is not None and fused.covers(*members) else None
 
 
@@ -105,8 +106,9 @@ class DecodePlan:
     updated in place are seen as they are.
     """
 
-    def __init__(self, model: nn.Module, lib) -> None:
+    def __init__(self, model: nn.Module, lib, fusion: dict | None = None) -> None:
         cfg = model.config
+        fusion = fusion or {}
         self._lib = lib
         self._checks: list[tuple[dict, str, object]] = []  # (owner dict, key, object expected there)
         self._ptrs: list[tuple[torch.Tensor, int]] = []  # tensors the kernel reads, with their pointers
@@ -142,9 +144,9 @@ class DecodePlan:
             attn, mlp = block.self_attn, block.mlp
             watch(model.layers, str(i))
             watch(block, "self_attn", "mlp", "attn_norm", "mlp_norm")
-            watch(attn, "q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "fused_qkv")
-            watch(mlp, "gate_proj", "up_proj", "down_proj", "fused_gate_up")
-            qkv = _fused(attn, "fused_qkv", attn.q_proj, attn.k_proj, attn.v_proj)
+            watch(attn, "q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")
+            watch(mlp, "gate_proj", "up_proj", "down_proj")
+            qkv = _fused(fusion, attn, attn.q_proj, attn.k_proj, attn.v_proj)
             if qkv is not None:  # one product for the three (their weights are views into it)
                 for member in (attn.q_proj, attn.k_proj, attn.v_proj):
                     watch(member, "weight")
@@ -152,7 +154,7 @@ class DecodePlan:
                 q, k, v = lin(qkv), lin(None), lin(None)
             else:
                 q, k, v = lin(attn.q_proj), lin(attn.k_proj), lin(attn.v_proj)
-            gate_up = _fused(mlp, "fused_gate_up", mlp.gate_proj, mlp.up_proj) if mlp.gated else None
+            gate_up = _fused(fusion, mlp, mlp.gate_proj, mlp.up_proj) if mlp.gated else None
             if gate_up is not None:
                 for member in (mlp.gate_proj, mlp.up_proj):
                     watch(member, "weight")
@@ -233,16 +235,20 @@ class DecodePlan:
 
 
 class FastDecoder:
-    """What `install_fast_decode` puts at `model.fast_decode`: the model's `DecodePlan`, kept current.
+    """The CPU inference runner `install_fast_decode` puts at `model.runner`: the model's
+    `DecodePlan` kept current, and `layer_stack` for many tokens.
 
-    Called by `GPT.forward` with the model itself, it (re)builds the plan when the model's modules
-    or tensors have changed since (a swapped projection, a LoRA merge, `load_state_dict(assign=True)`)
-    and returns None, for the layer loop, once the model no longer fits the kernel (it then stops
-    trying for that model object; `install_fast_decode` tries again). A deep copy of the model gets
-    a fresh decoder that builds its own plan for the copy.
+    `GPT.forward` calls `decode` (one token per sequence) and `prefill` (more) with the model itself;
+    each returns None to send the forward through the plain layer loop. The plan is rebuilt when the
+    model's modules or tensors have changed since (a swapped projection, a LoRA merge,
+    `load_state_dict(assign=True)`); once the model no longer fits the kernel the runner steps aside
+    for good (`install_fast_decode` tries again). `fusion` holds the fused q/k/v and gate/up products
+    of a quantized model (`lmforge.quantize.fuse_projections`). A deep copy of the model gets a fresh
+    runner that builds its own plan for the copy.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fusion: dict | None = None) -> None:
+        self.fusion = fusion or {}
         self._plan: DecodePlan | None = None
         self._model = None  # weakref to the model the plan was built for
         self._gave_up = None  # weakref to a model found unsupported
@@ -255,16 +261,16 @@ class FastDecoder:
         if lib is None or unsupported(model) is not None:
             self._gave_up = weakref.ref(model)
             return False
-        self._plan, self._model, self._gave_up = DecodePlan(model, lib), weakref.ref(model), None
+        self._plan, self._model, self._gave_up = DecodePlan(model, lib, self.fusion), weakref.ref(model), None
         return True
 
     @property
     def plan(self) -> DecodePlan | None:
         return self._plan
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
-                 cos: torch.Tensor | None, sin: torch.Tensor | None,
-                 logits: bool = True) -> tuple[torch.Tensor, bool] | None:
+    def decode(self, model: nn.Module, x: torch.Tensor, pos: torch.Tensor, cache, rows: torch.Tensor | None,
+               cos: torch.Tensor | None, sin: torch.Tensor | None,
+               logits: bool = True) -> tuple[torch.Tensor, bool] | None:
         """`DecodePlan.step` for `model`, with the plan (re)built as needed; None: use the layer loop."""
         plan = self._plan_for(model)
         return None if plan is None else plan.step(x, pos, cache, rows, cos, sin, logits)
@@ -289,12 +295,16 @@ class FastDecoder:
         workspace = getattr(self._local, "workspace", None)
         if workspace is None:
             workspace = self._local.workspace = Workspace()
-        hidden = layer_stack(model, x, cos, sin, ctx, keep, workspace, plan._lib)
+        hidden = layer_stack(model, x, cos, sin, ctx, keep, workspace, plan._lib, self.fusion)
         workspace.trim(WORKSPACE_KEEP_BYTES)
         return hidden
 
     def __deepcopy__(self, memo) -> FastDecoder:
-        return FastDecoder()  # raw pointers must not be copied: the copy builds its own plan
+        import copy
+
+        # raw pointers must not be copied: the copy builds its own plan; the fused products are
+        # copied with the model (memo maps the owners and the weight views onto the copy's)
+        return FastDecoder(copy.deepcopy(self.fusion, memo))
 
     def __reduce__(self):
         return FastDecoder, ()
@@ -387,7 +397,7 @@ def _attention(lib, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torc
 
 
 def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                ctx, keep: int, workspace: Workspace, lib=None) -> torch.Tensor:
+                ctx, keep: int, workspace: Workspace, lib=None, fusion: dict | None = None) -> torch.Tensor:
     """Every layer and the final norm for x (B, T, d), as `GPT.forward`'s layer loop computes them.
 
     For a model `unsupported` accepts, with gradients off. The same operations as the blocks'
@@ -395,9 +405,11 @@ def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin
     projections add into the residual stream inside the GEMM (beta = 1), so results agree with the
     layer loop to fp32 rounding, not bitwise. Returns the final-normed hidden states of the last
     `keep` positions (all when 0), a new tensor. With `lib` (`cpu_kernels.load()`), attention runs
-    in `lmf_attention` (1.7–2x SDPA's CPU flash kernel at 512 tokens).
+    in `lmf_attention` (1.7–2x SDPA's CPU flash kernel at 512 tokens). `fusion`: fused q/k/v and
+    gate/up products to use (`lmforge.quantize.fuse_projections`).
     """
     cfg = model.config
+    fusion = fusion or {}
     B, T, d = x.shape
     n = B * T
     hs, nh, ng = cfg.head_size, cfg.n_head, cfg.n_query_groups
@@ -410,7 +422,7 @@ def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin
         h_mlp = None
         if cfg.parallel_residual:
             h_mlp = h if cfg.shared_attention_norm else block.mlp_norm(resid)
-        fused = _fused(attn, "fused_qkv", attn.q_proj, attn.k_proj, attn.v_proj)
+        fused = _fused(fusion, attn, attn.q_proj, attn.k_proj, attn.v_proj)
         if fused is not None:
             q, k, v = _project(fused, h, workspace.get("qkv", n, fused.out_features)).split(fused.sizes, dim=-1)
         else:
@@ -427,7 +439,7 @@ def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin
         if h_mlp is None:
             h_mlp = block.mlp_norm(resid)
         if mlp.gated:
-            fused = _fused(mlp, "fused_gate_up", mlp.gate_proj, mlp.up_proj)
+            fused = _fused(fusion, mlp, mlp.gate_proj, mlp.up_proj)
             if fused is not None:
                 gate, up = _project(fused, h_mlp, workspace.get("gate_up", n, fused.out_features)).split(
                     fused.sizes, dim=-1)
@@ -445,16 +457,14 @@ def layer_stack(model: nn.Module, x: torch.Tensor, cos: torch.Tensor | None, sin
     return model.norm(out)
 
 
-def install_fast_decode(model: nn.Module) -> bool:
-    """Attach a `FastDecoder` to `model` (as `model.fast_decode`) where kernels and model allow.
+def install_fast_decode(model: nn.Module, fusion: dict | None = None) -> bool:
+    """Set `model.runner` to a `FastDecoder` where kernels and model allow it, else to None.
 
-    Safe to call on any model, any number of times. Returns True if the model can use it now.
-    Set `LMFORGE_NO_KERNELS=1` to turn the kernels, and with them this path, off; set
-    `model.fast_decode = None` (in `model.__dict__`) to keep one model on its layer loop.
+    `lmforge.inference.prepare_for_inference` calls it; safe to call on any model, any number of
+    times. Returns True if the model can use it now. `LMFORGE_NO_KERNELS=1` turns the kernels, and
+    with them this path, off; `model.runner = None` keeps one model on its layer loop.
     """
-    model.__dict__.pop("fast_decode", None)
-    decoder = FastDecoder()
-    if not decoder.prepare(model):
-        return False
-    model.__dict__["fast_decode"] = decoder
-    return True
+    decoder = FastDecoder(fusion)
+    ok = decoder.prepare(model)
+    model.runner = decoder if ok else None
+    return ok

@@ -227,11 +227,7 @@ class Engine:
 
         if max_batch_size < 1:
             raise LmforgeError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.model = model
-        if model.device.type == "cpu" and "fast_decode" not in model.__dict__:
-            from lmforge.fast_decode import install_fast_decode
-
-            install_fast_decode(model)  # a lone request then decodes in one kernel call per token
+        self.model = model  # as given: `lmforge.inference.prepare_for_inference` decides how it runs
         self.tokenizer = tokenizer
         self.config = model.config
         block = self.config.block_size

@@ -35,3 +35,26 @@ def check_quantize(quantize: str | None) -> Quantize:
     if mode not in QUANTIZE_MODES:
         raise LmforgeError(f"quantize {quantize!r} is not one of: {', '.join(QUANTIZE_MODES)}")
     return mode  # type: ignore[return-value]
+
+
+def prepare_for_inference(model: GPT, quantize: str | None = "none") -> GPT:
+    """Make `model` (in place) ready for inference: eval mode, the weight format `quantize` asks
+    for, and on CPU the kernels' runner. Returns the model.
+
+    The one place that decides how a model runs: `LLM.load` calls it; the `Engine`, `generate` and
+    the server take the model as it is given.
+    """
+    mode = check_quantize(quantize)
+    model.eval()
+    fusion = {}
+    if mode != "none":
+        from lmforge.quantize import fuse_projections, quantize_model
+
+        quantize_model(model, mode)
+        fusion = fuse_projections(model)
+    model.runner = None
+    if model.device.type == "cpu":
+        from lmforge.fast_decode import install_fast_decode
+
+        install_fast_decode(model, fusion)
+    return model

@@ -180,12 +180,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: _Context) -> torch.Tensor:
         cfg = self.config
         B, T, _ = x.shape
-        fused = self.__dict__.get("fused_qkv")  # one matrix product for q, k, v (lmforge.quantize)
-        if fused is not None and fused.covers(self.q_proj, self.k_proj, self.v_proj):
-            q, k, v = fused(x).split(fused.sizes, dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q, k, v = self.heads(q, k, v, cos, sin, ctx)
+        q, k, v = self.heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos, sin, ctx)
         mask = ctx.sliding_mask if self.sliding and ctx.sliding_mask is not None else ctx.mask
         y = self._attend(q, k, v, mask, ctx.causal)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size)
@@ -249,10 +244,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            fused = self.__dict__.get("fused_gate_up")  # one matrix product for both (lmforge.quantize)
-            if fused is not None and fused.covers(self.gate_proj, self.up_proj):
-                gate, up = fused(x).split(fused.sizes, dim=-1)
-                return self.down_proj(self.act(gate) * up)
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))
 
@@ -341,6 +332,15 @@ class GPT(nn.Module):
 
     `lm_head` is a plain attribute: replace it (e.g. with `nn.Linear(n_embd, 2)`) to turn the model
     into a classifier; `forward(..., logits_to_keep=1)` then scores the last token only.
+
+    Attributes:
+        runner: How inference runs faster than the layer loop, or None (the default: the plain layer
+            loop, always used while gradients are on). `lmforge.inference.prepare_for_inference`
+            sets it (on CPU, a `lmforge.fast_decode.FastDecoder`). An object with
+            `decode(model, x, pos, cache, rows, cos, sin, logits) -> (out, is_logits) | None` for one
+            token per sequence and `prefill(model, x, cos, sin, ctx, keep) -> hidden | None` for more;
+            None from either means "not applicable: take the layer loop". Not a module: it is not
+            in the state dict.
     """
 
     def __init__(self, config: Config) -> None:
@@ -356,6 +356,8 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         if config.position_embedding == "rope":
             self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self.runner = None
+        self._rope_table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- initialisation (used for training from scratch) --
     def init_weights(self, std: float = 0.02) -> None:
@@ -463,13 +465,12 @@ class GPT(nn.Module):
             # pos.max() (a host sync, and a graph break under torch.compile)
             cos, sin = self._rope(pos, x.dtype, need=T if default_pos or segments is not None else None)
 
-        fast = self.__dict__.get("fast_decode")  # decoding steps and prefills on CPU (lmforge.fast_decode)
+        # the runner (see the class docstring) only for inference, and not for packed sequences
+        runner = self.runner if segments is None and not torch.is_grad_enabled() else None
         done = None
-        if segments is not None:
-            fast = None  # the fast paths attend by position alone
-        elif fast is not None and T == 1 and cache is not None and not torch.is_grad_enabled():
+        if runner is not None and T == 1 and cache is not None:
             # (logits, True), (normed hidden, False), or None: not applicable, take the layer loop
-            done = fast(self, x, pos, cache, rows, cos, sin, not return_hidden)
+            done = runner.decode(self, x, pos, cache, rows, cos, sin, not return_hidden)
         if done is not None:
             x, is_logits = done
             if is_logits:
@@ -477,9 +478,8 @@ class GPT(nn.Module):
         else:
             ctx = self._context(pos, cache, rows, default_pos, segments)
             hidden = None
-            if fast is not None and not torch.is_grad_enabled():
-                # the same layers with reused buffers (prefill, scoring); None: not applicable
-                hidden = fast.prefill(self, x, cos, sin, ctx, logits_to_keep)
+            if runner is not None:  # the same layers, faster (prefill, scoring); None: not applicable
+                hidden = runner.prefill(self, x, cos, sin, ctx, logits_to_keep)
             if hidden is not None:
                 x = hidden
             else:
@@ -508,7 +508,7 @@ class GPT(nn.Module):
         """
         if need is None:
             need = int(pos.max()) + 1 if pos.numel() else 1
-        table = self.__dict__.get("_rope_table")
+        table = self._rope_table
         if (table is None or table[0].size(0) < need or table[2] is not self.inv_freq
                 or table[0].device != pos.device or table[0].dtype != dtype):
             size = max(need, 2 * table[0].size(0) if table is not None else 256)
@@ -519,7 +519,7 @@ class GPT(nn.Module):
             half = sin.size(-1) // 2
             sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
             table = (emb.cos().to(dtype), sin_signed.to(dtype), self.inv_freq)
-            self.__dict__["_rope_table"] = table  # a plain attribute: not a buffer, not in state_dict
+            self._rope_table = table  # a plain attribute: not a buffer, not in state_dict
         cos, sin = table[0][pos], table[1][pos]  # (B, T, n_rot)
         return cos[:, None], sin[:, None]
 

@@ -141,20 +141,25 @@ class FusedLinear(QuantizedLinear):
         return members == self._members and all(m.weight.data_ptr() == p for m, p in zip(members, self._ptrs))
 
 
-def fuse_projections(model: nn.Module) -> int:
-    """Fuse q/k/v and gate/up of every `QuantizedLinear` attention/MLP in `model`; returns how many.
+Fusion = dict[nn.Module, "FusedLinear"]
+"""Fused products by the module that owns the members: an attention's q/k/v, an MLP's gate/up."""
 
-    Fewer, larger matrix products per token: one kernel call instead of three (two).
+
+def fuse_projections(model: nn.Module) -> Fusion:
+    """Fuse q/k/v and gate/up of every `QuantizedLinear` attention/MLP in `model`.
+
+    Fewer, larger matrix products per token: one kernel call instead of three (two). The model's
+    modules, names and state_dict stay as they are (the members' weights become views into the fused
+    tensors); the fused products are returned, for the inference runner that uses them.
     """
-    count = 0
+    fusion: Fusion = {}
+    groups = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
     for module in model.modules():
-        groups = {"fused_qkv": ("q_proj", "k_proj", "v_proj"), "fused_gate_up": ("gate_proj", "up_proj")}
-        for attr, names in groups.items():
+        for names in groups:
             members = [getattr(module, n, None) for n in names]
             if all(m is not None for m in members) and FusedLinear.fusable(members):
-                module.__dict__[attr] = FusedLinear(members)  # not a submodule: names and state_dict unchanged
-                count += 1
-    return count
+                fusion[module] = FusedLinear(members)
+    return fusion
 
 
 def quantize_model(model: nn.Module, mode: Mode | str | None = "int8", skip: tuple[str, ...] = ()) -> nn.Module:
@@ -184,9 +189,5 @@ def quantize_model(model: nn.Module, mode: Mode | str | None = "int8", skip: tup
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantizedLinear(linear, mode))  # type: ignore[arg-type]
-    fuse_projections(model)
-    from lmforge.fast_decode import install_fast_decode
-
-    install_fast_decode(model)  # fused projections change what the one-call decoder points at
     model.eval()
     return model

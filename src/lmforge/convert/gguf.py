@@ -667,10 +667,7 @@ def _special_ids(config: Config) -> dict[str, int]:
 
 def _tokenizer_fields(tokenizer: Tokenizer) -> dict[str, Any]:
     """The `tokenizer.*` GGUF metadata for an lmforge Tokenizer (whatever it can describe)."""
-    to_gguf = getattr(tokenizer, "gguf_metadata", None)
-    if to_gguf is None:
-        raise GGUFError("this Tokenizer cannot describe itself as GGUF metadata (no gguf_metadata())")
-    return dict(to_gguf())
+    return dict(tokenizer.gguf_metadata())
 
 
 _UINT32_KEYS = re.compile(r"tokenizer\.ggml\.\w+_token_id$")

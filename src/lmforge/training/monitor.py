@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from lmforge._io import atomic_write, atomic_write_text
+from lmforge._io import atomic_write, atomic_write_text, lmforge_home
 
 CSV_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_ppl", "lr", "grad_norm",
               "tokens_per_sec", "mfu", "elapsed_s"]
@@ -60,7 +59,7 @@ def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) 
 
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     key = f"{_device_name(device)}|{dtype}|threads={threads}"
-    cache = (cache_dir or _home()) / "matmul_peak.json"
+    cache = (cache_dir or lmforge_home()) / "matmul_peak.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, json.JSONDecodeError):
@@ -90,10 +89,6 @@ def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) 
     except OSError:
         pass  # a read-only home only costs a re-measure next time
     return peak
-
-
-def _home() -> Path:
-    return Path(os.environ.get("LMFORGE_HOME", Path.home() / ".cache" / "lmforge"))
 
 
 def format_duration(seconds: float) -> str:

@@ -531,7 +531,7 @@ def fetch(names: list[str] | None = None) -> None:
     start = time.perf_counter()
     for i, n in enumerate(names, 1):
         asset = ASSETS[n]
-        was_cached = (assets_dir() / n / _MARKER).is_file()
+        was_cached = is_cached(n)
         print(f"[{i}/{len(names)}] {n}: {'cached' if was_cached else 'fetching from ' + asset.source} …", flush=True)
         t0 = time.perf_counter()
         try:
@@ -549,13 +549,6 @@ def fetch(names: list[str] | None = None) -> None:
         raise LmforgeError(f"could not fetch {len(failed)} asset(s): {', '.join(failed)} (see the messages above)")
 
 
-def list_assets() -> None:
-    """List the registry assets lmforge can fetch, with their source and whether they are cached."""
-    rows = []
-    for n, a in ASSETS.items():
-        state = "cached" if (assets_dir() / n / _MARKER).is_file() else "-"
-        rows.append((n, state, a.source, a.summary))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
-    print(f"cache: {assets_dir()}")
+def is_cached(name: str) -> bool:
+    """Whether the asset `name` is complete in the cache (then `fetch_asset` touches no network)."""
+    return (assets_dir() / name / _MARKER).is_file()

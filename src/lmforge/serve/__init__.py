@@ -10,17 +10,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lmforge.serve.app import ServeSettings, create_app
+    from lmforge.serve.app import create_app
     from lmforge.serve.server import Server
+    from lmforge.serve.settings import ServeSettings
 
 __all__ = ["Server", "ServeSettings", "create_app"]
 
 
 def __getattr__(name: str):
-    if name in ("create_app", "ServeSettings"):
-        from lmforge.serve import app
+    if name == "create_app":
+        from lmforge.serve.app import create_app
 
-        return getattr(app, name)
+        return create_app
+    if name == "ServeSettings":
+        from lmforge.serve.settings import ServeSettings
+
+        return ServeSettings
     if name == "Server":
         from lmforge.serve.server import Server
 

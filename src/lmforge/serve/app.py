@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -21,7 +20,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -40,6 +38,7 @@ from lmforge.serve.schemas import (
     ErrorResponse,
     PredictRequest,
 )
+from lmforge.serve.settings import ServeSettings
 from lmforge.serve.worker import Draining, EngineWorker, Failure, Handle, QueueFull
 
 if TYPE_CHECKING:
@@ -49,79 +48,8 @@ log = logging.getLogger("lmforge.serve")
 
 # paths that need no API key (probes and the schema)
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/redoc"})
-# the Host names a loopback-bound server answers (any port), besides --allowed-hosts
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # torch.Generator.manual_seed takes [-2**63, 2**64): any JSON integer seed is reduced modulo 2**64
 SEED_MODULUS = 2**64
-
-
-@dataclass
-class ServeSettings:
-    """Server knobs (each is a `lmforge serve` flag).
-
-    Attributes:
-        model_name: Name reported by /v1/models and in responses (default: the config's name).
-        api_key: When set, every endpoint except /health needs `Authorization: Bearer <key>`.
-        max_batch_size: KV-cache slots: requests decoded together.
-        max_queue: Requests allowed to wait for a slot; more get 429 with Retry-After.
-        max_seq_length: Context of each slot (prompt + completion); default min(block_size, 4096).
-        max_tokens_limit: Largest `max_tokens` a request may ask for (more -> 400).
-        default_max_tokens: `max_tokens` when a request gives none (clipped to the context left).
-        request_timeout: Seconds a request may run before it is cancelled (504); None: no deadline.
-        max_body_bytes: Largest request body (more -> 413).
-        retry_after: Seconds suggested in the Retry-After header of a 429.
-        host: The interface the server is bound to. Bound to loopback, it answers only requests whose
-            Host header is localhost, 127.0.0.1 or [::1] (any port) or in `allowed_hosts`: a web page
-            cannot reach it through DNS rebinding.
-        allowed_hosts: More Host names to answer ("*": any); on a non-loopback interface, when given,
-            the only ones answered.
-        cors_origins: Origins allowed by CORS (browser pages calling the API); none: no CORS headers.
-    """
-
-    model_name: str | None = None
-    api_key: str | None = None
-    max_batch_size: int = 8
-    max_queue: int = 64
-    max_seq_length: int | None = None
-    max_tokens_limit: int = 4096
-    default_max_tokens: int = 512
-    request_timeout: float | None = 600.0
-    max_body_bytes: int = 1_000_000
-    retry_after: int = 1
-    host: str = "127.0.0.1"
-    allowed_hosts: list[str] | None = None
-    cors_origins: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_tokens_limit", "default_max_tokens", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise LmforgeError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_seq_length is not None and self.max_seq_length < 2:
-            raise LmforgeError(f"max-seq-length must be >= 2 (a prompt token and a new one), got {self.max_seq_length}")
-        if self.request_timeout is not None and self.request_timeout <= 0:
-            raise LmforgeError(f"request-timeout must be > 0 seconds, got {self.request_timeout}")
-
-    def host_allowed(self, host_header: str | None) -> bool:
-        """Whether a request with this Host header (None: none sent) is answered."""
-        extra = {h.lower() for h in self.allowed_hosts or ()}
-        if "*" in extra or (not extra and not is_loopback(self.host)):
-            return True
-        if host_header is None:
-            return False
-        name = host_header.strip().lower()
-        # strip the port: "[::1]:8000" -> "[::1]", "localhost:8000" -> "localhost"
-        name = name[:name.index("]") + 1] if name.startswith("[") and "]" in name else name.partition(":")[0]
-        return name in extra or (is_loopback(self.host) and name in LOOPBACK_HOSTS)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` serves this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class APIError(Exception):

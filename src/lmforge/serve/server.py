@@ -1,4 +1,5 @@
-"""`Server`: run the app with uvicorn on a background thread (tests, benchmarks, notebooks).
+"""Running the app with uvicorn: `serve` until SIGTERM (`lmforge serve`), or `Server` on a background
+thread (tests, benchmarks, notebooks).
 
     with Server(llm, port=0, max_batch_size=8) as server:      # port 0: any free port
         requests.post(server.url + "/predict", json={"prompt": "Hi"})
@@ -7,12 +8,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import LmforgeError
+from lmforge.serve.settings import ServeSettings, is_loopback
 
 if TYPE_CHECKING:
     import uvicorn
@@ -59,6 +66,64 @@ def check_bind(host: str, port: int) -> None:
         except OSError as e:
             raise LmforgeError(f"cannot serve on {host}:{port}: {e.strerror or e} "
                                "(another server on that port? pick another --port)") from None
+
+
+def serve(load: Callable[[], LLM], settings: ServeSettings, port: int = 8000, shutdown_timeout: float = 30.0,
+          threads: int | None = None, log_level: str = "info") -> None:
+    """Serve a model on `settings.host:port` until SIGTERM or Ctrl-C; then shut down gracefully.
+
+    The settings, the port and the thread count are checked (and the port bound once) before `load()`,
+    the slow part, makes the model. Warnings (no API key on a public interface, a non-ASCII key) and a
+    "serving at" line go to stderr.
+
+    Args:
+        load: makes the model (e.g. `lambda: LLM.load(source)`).
+        settings: the server's knobs; an unset api_key is read from $LMFORGE_API_KEY.
+        port: TCP port.
+        shutdown_timeout: on SIGTERM, seconds open requests may take to finish; then each is ended with a
+            503 (a stream: an error event and `data: [DONE]`).
+        threads: CPU threads per torch op (default: torch's choice).
+        log_level: uvicorn log level (debug, info, warning, error).
+    """
+    from lmforge.serve.app import create_app
+
+    settings = dataclasses.replace(settings, api_key=settings.api_key or os.environ.get("LMFORGE_API_KEY") or None)
+    host, api_key = settings.host, settings.api_key
+    if not 0 <= port <= 65535:
+        raise LmforgeError(f"--port {port} is not a TCP port (0..65535)")
+    if shutdown_timeout < 0:
+        raise LmforgeError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}")
+    if threads is not None and threads < 1:
+        raise LmforgeError(f"--threads must be >= 1, got {threads}")
+    check_bind(host, port)
+    if not api_key and not is_loopback(host):
+        print(f"warning: serving on {host} without an API key: anyone who can reach this port can use the model "
+              "(set --api-key or LMFORGE_API_KEY)", file=sys.stderr)
+    if api_key and not api_key.isascii():
+        print("warning: the API key is not ASCII: some clients (the openai Python client, httpx) cannot send it",
+              file=sys.stderr)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    app = create_app(load(), **dataclasses.asdict(settings))
+    server = uvicorn_server(app, host, port, shutdown_timeout, log_level)
+    print(f"lmforge: serving {app.state.model_name} at http://{_url_host(host)}:{port} "
+          f"(batch {settings.max_batch_size}, context {app.state.context}, auth {'on' if api_key else 'off'})",
+          file=sys.stderr, flush=True)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler it found:
+    # a no-op handler here turns that into a normal return, i.e. exit status 0.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        raise LmforgeError(f"could not serve on {host}:{port} (port in use or not allowed? see the log above)")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class Server:

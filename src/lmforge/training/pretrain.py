@@ -1,11 +1,7 @@
-"""`lmforge pretrain`: train a model from scratch (or continue training one) on prepared shards.
+"""The pretraining recipe: train a model from scratch (or continue training one) on prepared shards.
 
-    lmforge pretrain --config austen-tiny --data.dir out/austen/data --train.max_steps 200
-    lmforge pretrain --config path/to/run.yaml
-    torchrun --nproc-per-node 2 -m lmforge pretrain --config … --strategy fsdp
-    lmforge pretrain --config … --devices 2            # launches torchrun itself
-
-From Python: `pretrain(PretrainConfig(...))` or `pretrain(load_config("file.yaml", **overrides))`.
+From Python: `pretrain(PretrainConfig(...))` or `pretrain(load_config("file.yaml", **overrides))`; from
+the command line: `lmforge pretrain` (`lmforge.verbs.pretrain`), whose flags are PretrainConfig's fields.
 
 The recipe: windows of prepared token shards, next-token cross-entropy, a val loss and a greedy
 sample as hooks, all run by the shared `training.loop.train_loop`. Everything a run writes goes
@@ -128,51 +124,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> PretrainCon
 
 
 # ---------------------------------------------------------------------------------------------
-# the verb
+# the recipe (`lmforge pretrain` is lmforge.verbs.pretrain)
 # ---------------------------------------------------------------------------------------------
-def pretrain_cli(
-    data: DataArgs = DataArgs(),
-    out_dir: str = "out/pretrain",
-    model: str | dict[str, Any] | None = None,
-    tokenizer: str | None = None,
-    init: str | None = None,
-    train: TrainArgs = TrainArgs(),
-    eval: EvalArgs = EvalArgs(),  # noqa: A002 - the YAML key
-    log: LogArgs = LogArgs(),
-    device: str = "auto",
-    precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
-    compile: bool = False,  # noqa: A002
-    activation_checkpointing: bool = False,
-    devices: int = 1,
-    strategy: Literal["ddp", "fsdp"] = "ddp",
-    resume: bool | str = False,
-    keep_checkpoints: int = 2,
-) -> None:
-    """Pretrain a model from scratch, or continue training one, on data made by `lmforge prepare`.
-
-    Args:
-        data: Training data.
-        out_dir: Directory for checkpoints, logs and the final model.
-        model: From scratch: a registry name (`lmforge models`) or a config dict.
-        tokenizer: Tokenizer SOURCE (default: the one saved in the data dir, or the init checkpoint's).
-        init: Continue training this SOURCE (checkpoint dir, .gguf, HF repo id).
-        train: Optimisation.
-        eval: Periodic evaluation, sampling and checkpointing.
-        log: Logging.
-        device: cpu, cuda or auto.
-        precision: fp32, bf16-mixed (bf16 autocast, fp32 weights) or auto.
-        compile: torch.compile the model.
-        activation_checkpointing: Recompute activations in the backward pass to save memory.
-        devices: Processes to train with (> 1 launches torchrun).
-        strategy: ddp or fsdp (with several processes).
-        resume: true (latest checkpoint in out_dir) or a checkpoint dir.
-        keep_checkpoints: Training checkpoints kept.
-    """
-    # the signature mirrors PretrainConfig field for field (a test checks), so YAML keys == flags
-    args = locals()
-    pretrain(PretrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(PretrainConfig)}))
-
-
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train as `cfg` says; return the run summary (also written to out_dir/summary.json).
 

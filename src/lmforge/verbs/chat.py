@@ -8,15 +8,21 @@ during a reply stops it.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from lmforge.errors import LmforgeError
+from lmforge.sampling import SamplingParams
+from lmforge.verbs.flags import SAMPLING, Flat, ModelArgs, cli_sampling
 
 if TYPE_CHECKING:
     from lmforge.api import LLM
+
+# chat's stop strings are the prompt style's: no --stop
+CHAT_SAMPLING = Flat(skip=(*SAMPLING.skip, "stop"))
 
 HELP = ("Enter sends; end a line with \\ to continue it; /paste … /end for a pasted block; "
         "/reset clears the history; /exit or an empty prompt quits.")
@@ -71,20 +77,11 @@ def fit_history(llm: LLM, system: list[dict], history: list[dict], message: dict
 
 
 def chat(
-    source: str,
+    model: Annotated[ModelArgs, Flat()],
     *,
     system: str | None = None,
     prompt_style: str | None = None,
-    max_new_tokens: int = 512,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    quantize: str | None = None,
+    sampling: Annotated[SamplingParams, CHAT_SAMPLING] = cli_sampling(max_new_tokens=512),
 ) -> None:
     """Chat in the terminal: Enter sends, a trailing \\ continues, /paste…/end, /reset, /exit or empty line quits.
 
@@ -95,26 +92,12 @@ def chat(
     `Time for inference: … sec total, … tokens/sec, … tokens` goes to stderr.
 
     Args:
-        source: an lmforge checkpoint dir, an HF model dir, a .gguf file, or an HF repo id.
+        model: the model and how to load it.
         system: a system message that opens the conversation.
         prompt_style: auto (default: the model's chat template, else a detected style), template,
             or a built-in style: default, alpaca, chatml, llama2, llama3, phi2, phi3, gemma.
-        max_new_tokens: longest reply, in tokens.
-        temperature: 0 for greedy decoding; higher is more random.
-        top_k: sample from the k most likely tokens only (0 or null: all).
-        top_p: nucleus sampling: smallest set of tokens with probability mass >= top_p (1: off).
-        min_p: drop tokens less likely than min_p times the most likely one (0: off).
-        repetition_penalty: > 1 discourages repeating earlier tokens (1: off).
-        seed: random seed, for reproducible sampling.
-        device: cpu, cuda, cuda:N or auto (default: cuda when available).
-        dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).
-        quantize: CPU inference mode: int8 or bf16 (weight-only, fewer bytes per token), or fp32
-            (same weights on lmforge's AVX2 kernels); default: plain PyTorch.
+        sampling: how tokens are picked; max_new_tokens is the longest reply.
     """
-    from lmforge.sampling import SamplingParams
-
-    SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                   repetition_penalty=repetition_penalty, seed=seed)
     if prompt_style not in (None, "auto", "template"):
         from lmforge.prompts import get_style
 
@@ -122,14 +105,14 @@ def chat(
 
     from lmforge.checkpoint import detect_source
 
-    detect_source(source)  # a missing model fails before torch is imported
+    detect_source(model.source)  # a missing model fails before torch is imported
     from lmforge.api import LLM
     from lmforge.generate import stream
     from lmforge.prompts import resolve_style, stop_strings, stop_tokens
 
-    llm = LLM.load(source, device=device, dtype=dtype, quantize=quantize)
+    llm = LLM.load(**dataclasses.asdict(model))
     if llm.tokenizer is None:
-        raise LmforgeError(f"{source}: has no tokenizer files; chat needs one")
+        raise LmforgeError(f"{model.source}: has no tokenizer files; chat needs one")
     style = resolve_style(llm.tokenizer, llm.config, prompt_style)
     stops, stop_ids = stop_strings(llm.tokenizer, llm.config, style), stop_tokens(llm.tokenizer, llm.config, style)
     ctx = llm.config.block_size
@@ -143,7 +126,7 @@ def chat(
     system_msgs = [{"role": "system", "content": system}] if system else []
     history: list[dict] = []
     # seeded once: replies differ from turn to turn but the whole session is reproducible
-    turn_seed = seed
+    turn_seed = sampling.seed
     while True:
         try:
             text = read_message()
@@ -157,7 +140,7 @@ def chat(
             print("[history cleared]", file=sys.stderr, flush=True)
             continue
         message = {"role": "user", "content": text}
-        reserve = min(max_new_tokens, ctx // 2)
+        reserve = min(sampling.max_new_tokens, ctx // 2)
         ids, dropped = fit_history(llm, system_msgs, history, message, style, reserve)
         if dropped:
             print(f"[dropped the {dropped} oldest turn(s) to fit the {ctx}-token context]", file=sys.stderr, flush=True)
@@ -165,9 +148,8 @@ def chat(
             print(f"[your message has {len(ids)} tokens but the model's context is {ctx}; shorten it]",
                   file=sys.stderr, flush=True)
             continue
-        params = SamplingParams(max_new_tokens=min(max_new_tokens, ctx - len(ids)), temperature=temperature,
-                                top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                                seed=turn_seed, stop=stops, stop_token_ids=stop_ids)
+        params = dataclasses.replace(sampling, max_new_tokens=min(sampling.max_new_tokens, ctx - len(ids)),
+                                     seed=turn_seed, stop=stops, stop_token_ids=stop_ids)
         if turn_seed is not None:
             turn_seed += 1
         print(">> Reply: ", end="", flush=True)

@@ -14,10 +14,11 @@ def download(repo_id: str, out: str | None = None, revision: str | None = None, 
         revision: branch, tag or commit.
         token: HF access token for gated repos (default: $HF_TOKEN / the huggingface_hub login).
     """
-    from lmforge.checkpoint import download as hub_download
     from lmforge._io import lmforge_home
-    from lmforge.verbs.convert import convert
+    from lmforge.checkpoint import download as hub_download
+    from lmforge.conversion import convert_source
 
     local = hub_download(repo_id, revision=revision, token=token)
-    target = Path(out) if out else lmforge_home() / "checkpoints" / repo_id
-    return convert(str(local), str(target), to="lmforge")
+    done = convert_source(local, Path(out) if out else lmforge_home() / "checkpoints" / repo_id, to="lmforge")
+    print(done)
+    return done.out

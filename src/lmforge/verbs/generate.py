@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
+from typing import Annotated
 
 from lmforge.errors import LmforgeError
+from lmforge.sampling import SamplingParams
+from lmforge.verbs.flags import SAMPLING, Flat, ModelArgs, cli_sampling
 
 
 def generate(
-    source: str,
+    model: Annotated[ModelArgs, Flat()],
     *,
     prompt: str = "What food do llamas eat?",
-    max_new_tokens: int = 128,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
-    stop: list[str] | None = None,
+    sampling: Annotated[SamplingParams, SAMPLING] = cli_sampling(max_new_tokens=128),
     prompt_style: str | None = None,
     system: str | None = None,
     draft: str | None = None,
     speculative_k: int = 4,
-    device: str | None = None,
-    dtype: str | None = None,
-    quantize: str | None = None,
 ) -> None:
     """Generate a completion for one prompt and stream it to stdout (timing on stderr).
 
     Args:
-        source: an lmforge checkpoint dir, an HF model dir, a .gguf file, or an HF repo id.
+        model: the model and how to load it.
         prompt: the prompt text; `-` reads it from stdin.
-        max_new_tokens: stop after this many generated tokens.
-        temperature: 0 for greedy decoding; higher is more random.
-        top_k: sample from the k most likely tokens only (0 or null: all).
-        top_p: nucleus sampling: smallest set of tokens with probability mass >= top_p (1: off).
-        min_p: drop tokens less likely than min_p times the most likely one (0: off).
-        repetition_penalty: > 1 discourages repeating prompt or output tokens (1: off).
-        seed: random seed, for reproducible sampling.
-        stop: strings that end the completion (not printed); repeat the flag for several.
+        sampling: how tokens are picked.
         prompt_style: wrap the prompt as a chat turn: `auto` (the model's chat template, else a
             detected style), `template`, or a style name (default, alpaca, chatml, llama2, llama3,
             phi2, phi3, gemma). Unset: the prompt is used as raw text.
@@ -48,18 +35,10 @@ def generate(
         draft: a small model with the same vocabulary for speculative decoding (greedy only:
             needs --temperature 0; the output is identical to greedy decoding without it).
         speculative_k: tokens the draft proposes per step.
-        device: cpu, cuda, cuda:N or auto (default: cuda when available).
-        dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).
-        quantize: CPU inference mode: int8 or bf16 (weight-only, fewer bytes per token), or fp32
-            (same weights on lmforge's AVX2 kernels); default: plain PyTorch.
     """
-    from lmforge.sampling import SamplingParams
-
     # check the flags before loading anything
-    SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                   repetition_penalty=repetition_penalty, seed=seed, stop=stop or [])
-    if draft is not None and temperature != 0:
-        raise LmforgeError(f"--draft needs greedy decoding: pass --temperature 0 (got {temperature})")
+    if draft is not None and sampling.temperature != 0:
+        raise LmforgeError(f"--draft needs greedy decoding: pass --temperature 0 (got {sampling.temperature})")
     if system is not None and prompt_style is None:
         raise LmforgeError("--system needs --prompt-style (e.g. --prompt-style auto)")
     if prompt_style not in (None, "auto", "template"):
@@ -71,20 +50,19 @@ def generate(
 
     from lmforge.checkpoint import detect_source
 
-    detect_source(source)  # a missing model fails before torch is imported
+    detect_source(model.source)  # a missing model fails before torch is imported
     from lmforge.api import LLM
 
-    llm = LLM.load(source, device=device, dtype=dtype, quantize=quantize)
-    draft_llm = LLM.load(draft, device=device, dtype=dtype) if draft is not None else None
-    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, stream=True, draft=draft_llm,
-                    speculative_k=speculative_k)
+    llm = LLM.load(**dataclasses.asdict(model))
+    draft_llm = LLM.load(draft, device=model.device, dtype=model.dtype) if draft is not None else None
+    # every SamplingParams field is a keyword of LLM.generate
+    options = dict(dataclasses.asdict(sampling), stream=True, draft=draft_llm, speculative_k=speculative_k)
     t0 = time.perf_counter()
     if prompt_style is not None:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        pieces = llm.chat(messages, prompt_style=prompt_style, **sampling)
+        pieces = llm.chat(messages, prompt_style=prompt_style, **options)
     else:
-        pieces = llm.generate(prompt, **sampling)
+        pieces = llm.generate(prompt, **options)
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()

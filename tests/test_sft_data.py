@@ -110,7 +110,7 @@ def _write(path, lines):
     (['{"instruction": "a", "output": "b"}\n', '{"instrucion": "a", "output": "b"}\n'], r"x.jsonl:2: missing key 'instruction'"),
     (['{"instruction": "a", "output": "  "}\n'], r"x.jsonl:1: 'output' is empty"),
     (['{"instruction": "a", "output": 3}\n'], r"x.jsonl:1: 'output' must be a string"),
-    (['\n', '{"instruction": "a", "output": "b"\n'], r"x.jsonl:2: not valid JSON"),
+    (['\n', '{"instruction": "a", "output": "b"\n'], r"x.jsonl:2: malformed JSON"),
     (['{"messages": [{"role": "user", "content": "hi"}]}\n'], r"x.jsonl:1: the conversation has no non-empty assistant"),
     (['{"messages": [{"role": "bot", "content": "hi"}]}\n'], r"x.jsonl:1: message 0 must be"),
     (['[1, 2]\n'], r"x.jsonl:1: expected a JSON object"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,26 @@ def read_json(path: Path, error: type[Exception] = ValueError) -> dict:
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, got {_kind(data)}")
     return data
+
+
+def jsonl_objects(lines: Iterable[str], path: Path | str, error: type[Exception] = ValueError
+                  ) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank JSONL line; a line that is not a JSON object raises
+    `error` naming `path:line`. The one JSONL reader (corpora, instruction data, labelled texts)."""
+    import json
+
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise error(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
+        if not isinstance(obj, dict):
+            raise error(f"{path}:{lineno}: expected a JSON object, got {_kind(obj)}")
+        yield lineno, obj
 
 
 def read_yaml(path: Path, error: type[Exception] = ValueError) -> dict:

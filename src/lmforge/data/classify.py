@@ -13,12 +13,12 @@ seeded: each class is shuffled and cut into test / val / train by the fractions.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge._io import jsonl_objects, read_text
 from lmforge.errors import LmforgeError
 
 
@@ -46,12 +46,7 @@ class ClassifyData:
 
 def _rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
     """(where, row) pairs and the column names of a CSV or JSONL file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ClassifyDataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise ClassifyDataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, ClassifyDataError)
     if path.suffix == ".csv":
         try:
             reader = csv.DictReader(text.splitlines())
@@ -60,19 +55,8 @@ def _rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
             raise ClassifyDataError(f"{path}: not valid CSV ({e})") from None
         return rows, list(reader.fieldnames or [])
     if path.suffix in (".jsonl", ".json"):
-        rows, keys = [], set()
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ClassifyDataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ClassifyDataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((f"{path}:{n}", obj))
-            keys |= set(obj)
-        return rows, sorted(keys)
+        rows = [(f"{path}:{n}", obj) for n, obj in jsonl_objects(text.splitlines(), path, ClassifyDataError)]
+        return rows, sorted({k for _, obj in rows for k in obj})
     raise ClassifyDataError(f"{path}: expected a .csv or .jsonl file")
 
 

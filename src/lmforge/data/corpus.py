@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import codecs
 import glob
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from lmforge._io import jsonl_objects
 from lmforge.errors import LmforgeError
 
 TEXT_SUFFIXES = (".txt",)
@@ -106,14 +106,8 @@ def lines(chunks: Iterator[str]) -> Iterator[str]:
 
 def jsonl_docs(path: Path, text_key: str, lines: Iterator[str]) -> Iterator[str]:
     """The non-empty `text_key` strings of JSONL lines; errors name the file and the line number."""
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict) or text_key not in obj:
+    for lineno, obj in jsonl_objects(lines, path, DataError):
+        if text_key not in obj:
             raise DataError(f"{path}:{lineno}: no {text_key!r} field (choose the field with --text_key)")
         text = obj[text_key]
         if not isinstance(text, str):

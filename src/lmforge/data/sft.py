@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge._io import jsonl_objects, read_text
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
@@ -95,12 +96,7 @@ def read_records(path: str | Path) -> list[dict]:
     import json
 
     path = Path(path)
-    if not path.is_file():
-        raise SFTDataError(f"{path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SFTDataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, SFTDataError)
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -110,15 +106,7 @@ def read_records(path: str | Path) -> list[dict]:
             raise SFTDataError(f"{path}: expected a JSON list of records")
         records = [_check_record(r, f"{path}: record {i}") for i, r in enumerate(data)]
     else:
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SFTDataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            records.append(_check_record(rec, f"{path}:{n}"))
+        records = [_check_record(rec, f"{path}:{n}") for n, rec in jsonl_objects(text.splitlines(), path, SFTDataError)]
     if not records:
         raise SFTDataError(f"{path}: no records")
     return records

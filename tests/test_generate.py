@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import partial
 
@@ -518,7 +519,8 @@ _request = st.tuples(
 
 
 @pytest.mark.parametrize("path", ["kernel-fp32", "loop-fp32", "kernel-int8", "loop-int8"])
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("SCHEDULE_EXAMPLES", 30)), deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 @given(slots=st.integers(1, 5), requests=st.lists(_request, min_size=1, max_size=9))
 def test_random_schedules_equal_solo_outputs(path, slots, requests):
     """Whatever the arrival order, slot count, prompt lengths, shared openings (prefix cache),

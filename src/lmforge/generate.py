@@ -450,26 +450,33 @@ class Engine:
             req.slot = slot
             self.slots[slot] = req
             admitted.append(req)
-        for req in admitted:  # a prompt that starts like a recent one: copy that part of the cache
-            n, kv = self.prefix_cache.lookup(req.prompt)
-            if kv is not None:
-                for layer, (k, v) in enumerate(zip(*kv)):
-                    self.cache.k[layer][req.slot, :, :n] = k[:, :n]
-                    self.cache.v[layer][req.slot, :, :n] = v[:, :n]
-                req.cached = n
-                self._isolated(self._prefill, [req], events)
-        # requests admitted together are prefilled together, up to ~PREFILL_TOKENS padded tokens a
-        # forward: one large matrix product per weight instead of one small one per request
-        group: list[_Request] = []
-        width = 0  # longest prompt in the group
-        for req in (r for r in admitted if not r.cached):
-            if group and max(width, len(req.prompt)) * (len(group) + 1) > PREFILL_TOKENS:
+        # a prompt that starts like one of the others admitted now waits for it (its keys/values
+        # then come from the prefix cache); the rest are prefilled first
+        first, later = [], []
+        for req in admitted:
+            shares = any(PrefixCache._common(req.prompt, f.prompt) >= self.prefix_cache.min_tokens for f in first)
+            (later if shares and self.prefix_cache.max_bytes > 0 else first).append(req)
+        for wave in (first, later):
+            for req in wave:  # a prompt that starts like a recent one: copy that part of the cache
+                n, kv = self.prefix_cache.lookup(req.prompt)
+                if kv is not None:
+                    for layer, (k, v) in enumerate(zip(*kv)):
+                        self.cache.k[layer][req.slot, :, :n] = k[:, :n]
+                        self.cache.v[layer][req.slot, :, :n] = v[:, :n]
+                    req.cached = n
+            # requests admitted together are prefilled together, up to ~PREFILL_TOKENS padded tokens
+            # a forward: one large matrix product per weight instead of one small one per request
+            group: list[_Request] = []
+            width = 0  # longest new part of a prompt in the group
+            for req in wave:
+                new = len(req.prompt) - req.cached
+                if group and max(width, new) * (len(group) + 1) > PREFILL_TOKENS:
+                    self._isolated(self._prefill, group, events)
+                    group, width = [], 0
+                group.append(req)
+                width = max(width, new)
+            if group:
                 self._isolated(self._prefill, group, events)
-                group, width = [], 0
-            group.append(req)
-            width = max(width, len(req.prompt))
-        if group:
-            self._isolated(self._prefill, group, events)
         return {r.id for r in admitted}
 
     def _prefill(self, reqs: list[_Request], events: list[Event]) -> None:
@@ -482,16 +489,18 @@ class Engine:
             logits = self.model(idx, input_pos=self._positions[start:n], cache=self._row_caches[req.slot],
                                 logits_to_keep=1)[:, -1]
         else:
-            # right-padded rows at positions 0..T-1 of their own cache rows; a padded position's
-            # keys/values are never attended (decoding overwrites slot p before it attends to it)
-            lengths = [len(r.prompt) for r in reqs]
+            # each row's new tokens (after its cached prefix), right-padded, at their positions in
+            # their own cache rows; a padded position's keys/values are never attended (decoding
+            # overwrites slot p before it attends to it; pads past the cache's end share its last slot)
+            lengths = [len(r.prompt) - r.cached for r in reqs]
             T = max(lengths)
             idx = torch.zeros(len(reqs), T, dtype=torch.long, device=self.device)
             for i, r in enumerate(reqs):
-                idx[i, :lengths[i]] = torch.tensor(r.prompt, dtype=torch.long)
+                idx[i, :lengths[i]] = torch.tensor(r.prompt[r.cached:], dtype=torch.long)
+            starts = torch.tensor([[r.cached] for r in reqs], device=self.device)
+            pos = (starts + self._positions[:T]).clamp_(max=self.max_seq_length - 1)
             rows = torch.tensor([r.slot for r in reqs], device=self.device)
-            hidden = self.model(idx, input_pos=self._positions[:T].expand(len(reqs), T), cache=self.cache,
-                                rows=rows, return_hidden=True)
+            hidden = self.model(idx, input_pos=pos, cache=self.cache, rows=rows, return_hidden=True)
             last = hidden[torch.arange(len(reqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
             logits = self.model.head(last)
         for r in reqs:

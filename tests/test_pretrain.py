@@ -356,7 +356,7 @@ def test_shipped_yaml_parses():
 
     from lmforge.configs import named_configs
 
-    shipped = sorted(set(named_configs().values()))
+    shipped = sorted({p for name, p in named_configs().items() if name.startswith("pretrain/")})
     assert shipped
     for path in shipped:
         cfg = load_config(path)

@@ -389,7 +389,7 @@ class GPT(nn.Module):
             model = cls(config)
             head = state_dict.get("lm_head.weight")
             if head is not None and not config.tie_embeddings and head.shape[0] != config.vocab_size:
-                # a classifier's head: Linear(n_embd, num_classes) (lmforge.finetune.classify)
+                # a classifier's head: Linear(n_embd, num_classes) (lmforge.finetune.classification)
                 model.lm_head = nn.Linear(config.n_embd, head.shape[0], bias="lm_head.bias" in state_dict)
         expected = {k for k in model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")}
         got = set(state_dict)

@@ -13,20 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lmforge.finetune.classify import ClassifyConfig
-    from lmforge.finetune.sft import SFTConfig
+    from lmforge.finetune.classification import ClassifyConfig
+    from lmforge.finetune.instruction import SFTConfig
 
 
 def classify(cfg: ClassifyConfig) -> dict[str, Any]:
-    """Finetune a text classifier (see `lmforge.finetune.classify`); returns the run summary."""
-    from lmforge.finetune.classify import classify as run
+    """Finetune a text classifier (see `lmforge.finetune.classification`); returns the run summary."""
+    from lmforge.finetune.classification import classify as run
 
     return run(cfg)
 
 
 def sft(cfg: SFTConfig) -> dict[str, Any]:
-    """Instruction-finetune a language model (see `lmforge.finetune.sft`); returns the run summary."""
-    from lmforge.finetune.sft import sft as run
+    """Instruction-finetune a language model (see `lmforge.finetune.instruction`); returns the run summary."""
+    from lmforge.finetune.instruction import sft as run
 
     return run(cfg)
 
@@ -37,7 +37,7 @@ def load_config(task: str, path: str | Path | None = None, **overrides: Any) -> 
     from lmforge.training import config as _config
 
     if task == "classify":
-        from lmforge.finetune.classify import ClassifyConfig as cls
+        from lmforge.finetune.classification import ClassifyConfig as cls
     else:
-        from lmforge.finetune.sft import SFTConfig as cls
+        from lmforge.finetune.instruction import SFTConfig as cls
     return _config.load_config(cls, path, **overrides)

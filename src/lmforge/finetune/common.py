@@ -145,14 +145,17 @@ def build_model(config: Config, sd: dict[str, torch.Tensor], method: MethodArgs,
 
     from lmforge.model import GPT
 
-    model = GPT.from_state_dict(config, {k: v.clone() for k, v in sd.items()})
-    if num_classes is not None:
-        torch.manual_seed(seed)
-        model.lm_head = nn.Linear(config.n_embd, num_classes, bias=False)
-    model.train()
     from lmforge.finetune.method import apply_method
 
-    return model, apply_method(model, method, head_trains=num_classes is not None)
+    # the random inits (head, LoRA A) draw from a copy of the RNG: a copy built for a checkpoint
+    # mid-run leaves the run's random stream (dropout) as it was, so a resumed run stays exact
+    with torch.random.fork_rng(devices=[]):
+        model = GPT.from_state_dict(config, {k: v.clone() for k, v in sd.items()})
+        if num_classes is not None:
+            torch.manual_seed(seed)
+            model.lm_head = nn.Linear(config.n_embd, num_classes, bias=False)
+        model.train()
+        return model, apply_method(model, method, head_trains=num_classes is not None)
 
 
 def saved_config(config: Config, classifier: bool) -> Config:

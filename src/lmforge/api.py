@@ -172,6 +172,28 @@ class LLM:
         stop_ids = list(sampling.pop("stop_token_ids", None) or []) + prompts.stop_tokens(tok, self.config, prompt_style)
         return self.generate(ids, stream=stream, stop=stop, stop_token_ids=stop_ids, **sampling)
 
+    def classify(self, texts: str | Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Classify texts with a classifier checkpoint (what `lmforge finetune classify` writes).
+
+        Returns:
+            One `{"label": name, "probability": p, "scores": {name: p, …}}` per text.
+        """
+        import torch
+
+        from lmforge.finetune.classification import encode_texts, pad_id_of, predict
+        from lmforge.finetune.common import read_classes
+
+        classes = read_classes(self.source) if self.source else None
+        if classes is None:
+            raise LmforgeError(f"{self.source or 'this model'} is not a classifier checkpoint (no classifier.json); "
+                               "make one with `lmforge finetune classify`")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tok = self._require_tokenizer()
+        rows = encode_texts(tok, texts, self.config.block_size, truncate=True)
+        probs = torch.softmax(predict(self.model, rows, pad_id_of(tok), batch_size), dim=-1)
+        return [{"label": classes[int(p.argmax())], "probability": float(p.max()),
+                 "scores": {c: float(x) for c, x in zip(classes, p)}} for p in probs]
+
     def benchmark(self, prompt_tokens: int = 32, new_tokens: int = 128, seed: int = 0) -> dict[str, Any]:
         """Time batch-1 greedy decoding of `new_tokens` after a random `prompt_tokens` prompt.
 

@@ -26,6 +26,10 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "serve": ("lmforge.verbs.serve", "serve", "Serve a model over an OpenAI-compatible HTTP API"),
     "prepare": ("lmforge.verbs.prepare", "prepare", "Tokenize text files into training shards"),
     "pretrain": ("lmforge.verbs.pretrain", "pretrain", "Pretrain (or continue training) a model"),
+    "finetune": ("lmforge.verbs.finetune", {"classify": "classify", "sft": "sft"},
+                 "Finetune a model: `finetune classify` (a classifier head) or `finetune sft` (instructions)"),
+    "classify": ("lmforge.verbs.classify", "classify", "Classify texts with a `finetune classify` checkpoint"),
+    "data": ("lmforge.verbs.data", {"tasks": "tasks"}, "Data tools: `data tasks` writes checkable instruction tasks"),
     "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
 }
 

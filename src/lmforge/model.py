@@ -379,12 +379,18 @@ class GPT(nn.Module):
     def from_state_dict(cls, config: Config, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
         """Build a model from `state_dict` without a second copy of the weights (meta device + assign).
 
+        A head narrower than the vocabulary (an untied `lm_head.weight` of shape (C, n_embd)) is a
+        classifier's: the model gets `lm_head = Linear(n_embd, C)`.
         Raises `LmforgeError` naming missing or unexpected keys.
         """
         from lmforge.errors import LmforgeError
 
         with torch.device("meta"):
             model = cls(config)
+            head = state_dict.get("lm_head.weight")
+            if head is not None and not config.tie_embeddings and head.shape[0] != config.vocab_size:
+                # a classifier's head: Linear(n_embd, num_classes) (lmforge.finetune.classification)
+                model.lm_head = nn.Linear(config.n_embd, head.shape[0], bias="lm_head.bias" in state_dict)
         expected = {k for k in model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")}
         got = set(state_dict)
         missing, unexpected = sorted(expected - got), sorted(got - expected - {"lm_head.weight"})

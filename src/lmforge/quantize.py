@@ -74,7 +74,10 @@ class QuantizedLinear(nn.Module):
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features)
         lib = cpu_kernels.load() if x.device.type == "cpu" else None
-        if lib is not None and x2.size(0) <= KERNEL_MAX_ROWS and self.in_features % 16 == 0:
+        # (the kernels compute outside autograd: an input that needs a gradient, as under a trained
+        # LoRA adapter on a frozen int8 base, takes the PyTorch path)
+        if lib is not None and x2.size(0) <= KERNEL_MAX_ROWS and self.in_features % 16 == 0 and not (
+                x.requires_grad and torch.is_grad_enabled()):
             y = self._kernel(lib, x2.float().contiguous())
         elif self.scale is not None:  # scale the (N-wide) output, not the (N x K) weight
             y = torch.addcmul(self.bias, F.linear(x2.float(), self.weight.float()), self.scale) \

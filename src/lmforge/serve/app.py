@@ -34,6 +34,7 @@ from lmforge.serve.metrics import CONTENT_TYPE, ServerMetrics
 from lmforge.serve.schemas import (
     PREDICT_MAX_NEW_TOKENS,
     ChatCompletionRequest,
+    ClassifyRequest,
     CompletionRequest,
     ErrorResponse,
     PredictRequest,
@@ -368,6 +369,20 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
                              stop_token_ids=stop_ids)
         text, _ = await complete(request, ids, params)
         return {"output": text}
+
+    @app.post("/v1/classify", responses=_errors(400))
+    async def classify(body: ClassifyRequest) -> dict[str, Any]:
+        """A classifier checkpoint's class of each text (`lmforge finetune classify`):
+        `{"input": "…" | ["…", …]}` -> `{"data": [{"index", "label", "probability", "scores"}, …]}`."""
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not 1 <= len(texts) <= 256:
+            raise APIError(400, f"input must hold 1 to 256 texts, got {len(texts)}", param="input")
+        try:
+            results = await asyncio.to_thread(llm.classify, texts)
+        except LmforgeError as e:
+            raise APIError(400, str(e), param="input") from None
+        return {"object": "list", "model": model_name,
+                "data": [{"object": "classification", "index": i, **r} for i, r in enumerate(results)]}
 
     @app.post("/v1/completions", responses={**_errors(*GENERATION_ERRORS), **STREAM_RESPONSE})
     async def completions(body: CompletionRequest, request: Request):

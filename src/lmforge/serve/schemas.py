@@ -150,3 +150,9 @@ class ErrorResponse(BaseModel):
 _Sampling.model_rebuild()
 ChatCompletionRequest.model_rebuild()
 CompletionRequest.model_rebuild()
+
+
+class ClassifyRequest(_Strict):
+    """`POST /v1/classify` body: one text or a list of texts, for a classifier checkpoint."""
+
+    input: Text | list[Text] = Field(description="a text, or a list of up to 256 texts")

@@ -107,7 +107,6 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
     if state:
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         batches.load_state_dict({**state["loader"], "rank": info.rank})
-        set_rng_state(state["rng"], device)
 
     # ---- the batch arithmetic, in one place ----
     # one optimizer step sees global_batch_size sequences: W processes x accum micro-batches x b sequences
@@ -164,6 +163,10 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
         return _to_device(next(batches), device)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if state:
+        # last, right before the first step: the set-up above draws random numbers (the matmul
+        # peak measurement), which would shift a resumed run's dropout masks
+        set_rng_state(state["rng"], device)
     model.train()
     if step == 0 and eval.initial:
         initial_val = evaluate()

@@ -20,7 +20,7 @@ LossFn = Callable[["torch.nn.Module", Any], "tuple[torch.Tensor, dict[str, Any]]
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-            reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+            reduction: Literal["mean", "sum"] = "mean", segments: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy of `model` (plain, DDP/FSDP-wrapped or compiled) on inputs x, targets y.
 
     A plain `nn.Linear` head over the vocabulary (tied or not, without logit softcapping) goes through
@@ -33,6 +33,7 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         x: (b, T) input ids.
         y: (b, T) target ids (`-100`: not scored).
         reduction: "mean" over the scored tokens, or "sum".
+        segments: (b, T) document ids of packed rows (SFT packing; `GPT.forward(segments=)`), or None.
     """
     import torch
     import torch.nn.functional as F
@@ -45,10 +46,10 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     head, config = getattr(inner, "lm_head", None), getattr(inner, "config", None)
     if (type(head) is nn.Linear and config is not None and head.out_features == config.vocab_size
             and getattr(config, "final_logit_softcap", None) is None):
-        hidden = model(x, return_hidden=True)  # (b, T, d)
+        hidden = model(x, return_hidden=True, segments=segments)  # (b, T, d)
         # the head runs inside the loss, chunk by chunk (in the autocast dtype, softmax in fp32)
         return fused_linear_cross_entropy(hidden, head.weight, y, bias=head.bias, reduction=reduction)
-    logits = model(x)  # (b, T, V)
+    logits = model(x, segments=segments)  # (b, T, V)
     if logits.dtype in (torch.bfloat16, torch.float16):
         logits = logits.float()  # the softmax of low-precision logits in fp32
     return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction=reduction)

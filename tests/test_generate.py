@@ -684,3 +684,28 @@ def test_prefix_cache_reuses_keeps_and_evicts(model):
     assert len(small._entries) == 1 and small._bytes <= one
     off = Engine(model, None, max_batch_size=1, max_seq_length=64, prefix_cache=PrefixCache(max_bytes=0))
     assert [c.token_ids for c in off.run(prompts, params)] == solo and off.prefix_cache.hits == 0
+
+
+@pytest.mark.parametrize("kw", [dict(top_p=0.9), dict(top_p=0.5, top_k=40), dict(top_k=7), dict(top_p=0.95, min_p=0.05),
+                                dict(top_p=0.999), dict(temperature=0.3, top_p=0.8)])
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_batched_candidate_sampling_matches_the_processed_distribution(kw, scale):
+    """Rows sampled together from their most likely tokens follow exactly the distribution that
+    `process_logits` defines over the whole vocabulary (chi-square), and never draw a removed token;
+    flat rows whose nucleus is larger than the candidates take the whole-vocabulary path."""
+    from lmforge.sampling import process_logits, sample
+
+    V, B, rounds = 600, 16, 250
+    logits = torch.randn(V, generator=torch.Generator().manual_seed(7)) * scale
+    params = SamplingParams(**{"temperature": 1.0, **kw})
+    expected = process_logits(logits, params).softmax(-1).double()
+    gens = [torch.Generator().manual_seed(100 + b) for b in range(B)]
+    draws = torch.cat([sample(logits.expand(B, V), [params] * B, gens) for _ in range(rounds)])
+    counts = torch.bincount(draws, minlength=V).double()
+    assert counts[expected == 0].sum() == 0
+    n = draws.numel()
+    big = expected * n >= 5
+    stat = float(((counts[big] - expected[big] * n) ** 2 / (expected[big] * n)).sum())
+    df = max(int(big.sum()) - 1, 1)
+    limit = df * (1 - 2 / (9 * df) + 3.09 * (2 / (9 * df)) ** 0.5) ** 3  # chi-square 0.999 quantile (Wilson-Hilferty)
+    assert stat < limit, (stat, limit, df)

@@ -170,7 +170,15 @@ def sample(
     if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
         return logits.argmax(-1)
     out = torch.empty(B, dtype=torch.long, device=logits.device)
+    gens = generators or [None] * B
+    # rows whose choice lies among their most likely tokens (top-p / top-k, no penalty) are sampled
+    # together; the others row by row over the whole vocabulary
+    fast = [b for b, p in enumerate(params) if not p.greedy and p.repetition_penalty == 1.0
+            and (p.top_p < 1.0 or 0 < (p.top_k or 0) <= _TOP_P_CANDIDATES)]
+    done = _sample_candidates(logits, fast, params, gens, out) if fast else set()
     for b in range(B):
+        if b in done:
+            continue
         p = params[b]
         row = process_logits(logits[b], p, histories[b] if histories else None)
         # inverse-CDF sampling: one cumulative sum and a binary search (torch.multinomial costs ~1 ms
@@ -180,7 +188,52 @@ def sample(
             # greedy, or nothing left to sample from: the most likely token
             out[b] = row.argmax() if p.greedy else logits[b].argmax()
         else:
-            g = generators[b] if generators else None
-            u = torch.rand((), generator=g, device=cdf.device) * cdf[-1]
+            u = torch.rand((), generator=gens[b], device=cdf.device) * cdf[-1]
             out[b] = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)
     return out
+
+
+def _sample_candidates(logits: torch.Tensor, rows: list[int], params: list[SamplingParams],
+                       gens: list, out: torch.Tensor) -> set[int]:
+    """Sample `rows` of `logits` from their `_TOP_P_CANDIDATES` most likely tokens, all rows at once,
+    as `process_logits` + inverse-CDF sampling would over the whole vocabulary: top-k, then top-p on
+    the renormalised rest, then min-p. Returns the rows done (a row whose nucleus reaches past the
+    candidates is left to the caller)."""
+    import torch
+
+    x = logits[rows].float()
+    temps = torch.tensor([params[b].temperature for b in rows], device=x.device)
+    x = x / temps[:, None]
+    k = min(_TOP_P_CANDIDATES, x.size(-1))
+    vals, order = torch.topk(x, k)  # (R, k), sorted
+    p = (vals - torch.logsumexp(x, -1, keepdim=True)).exp()
+    keep = torch.ones_like(p, dtype=torch.bool)
+    mass = torch.ones(len(rows), device=x.device)  # probability mass the kept tokens renormalise by
+    top_k = [params[b].top_k or 0 for b in rows]
+    for i, tk in enumerate(top_k):
+        if 0 < tk < k:
+            keep[i] &= vals[i] >= vals[i, tk - 1]  # ties with the k-th are kept, as process_logits does
+    if any(0 < tk <= k for tk in top_k):
+        kept_mass = (p * keep).sum(-1)
+        has_k = torch.tensor([0 < tk <= k for tk in top_k], device=x.device)
+        mass = torch.where(has_k, kept_mass, mass)
+    top_p = torch.tensor([params[b].top_p for b in rows], device=x.device)
+    pn = p * keep / mass[:, None]
+    cum = pn.cumsum(-1)
+    nucleus = (cum - pn) < top_p[:, None]
+    nucleus[:, 0] = True
+    keep &= nucleus
+    # the candidates hold the whole nucleus when their (renormalised) mass reaches top_p, or when
+    # top-k already cut the rest away
+    complete = (cum[:, -1] >= top_p) | torch.tensor([0 < tk <= k for tk in top_k], device=x.device)
+    min_p = torch.tensor([params[b].min_p for b in rows], device=x.device)
+    keep &= p >= min_p[:, None] * p[:, :1]
+    cdf = (p * keep).cumsum(-1)
+    done = set()
+    for i, b in enumerate(rows):
+        if not bool(complete[i]) or not float(cdf[i, -1]) > 0:
+            continue
+        u = torch.rand((), generator=gens[b], device=x.device) * cdf[i, -1]
+        out[b] = order[i, torch.searchsorted(cdf[i], u, right=True).clamp_(max=k - 1)]
+        done.add(b)
+    return done

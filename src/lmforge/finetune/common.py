@@ -72,14 +72,7 @@ class FinetuneArgs:
                 setattr(self, name, _config.build(cls, value, name))
         if not self.init:
             raise TrainConfigError("init is required: the pretrained model to finetune (a checkpoint dir, .gguf or repo id)")
-        if self.devices < 1:
-            raise TrainConfigError(f"devices must be >= 1, got {self.devices}")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise TrainConfigError(f"strategy={self.strategy!r} is not one of ('ddp', 'fsdp')")
-        if self.precision not in ("auto", "fp32", "bf16-mixed"):
-            raise TrainConfigError(f"precision={self.precision!r} is not one of ('auto', 'fp32', 'bf16-mixed')")
-        if self.keep_checkpoints < 1:
-            raise TrainConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _config.check_run_options(self)
 
     def data_group(self) -> list[tuple[str, type]]:
         return []

@@ -117,6 +117,19 @@ class LogArgs:
             raise TrainConfigError(f"log.interval must be >= 1, got {self.interval}")
 
 
+def check_run_options(cfg: Any) -> None:
+    """The options every recipe's run has (devices, strategy, precision, keep_checkpoints): one error
+    line each for a bad value."""
+    if cfg.devices < 1:
+        raise TrainConfigError(f"devices must be >= 1, got {cfg.devices}")
+    if cfg.strategy not in ("ddp", "fsdp"):
+        raise TrainConfigError(f"strategy={cfg.strategy!r} is not one of ('ddp', 'fsdp')")
+    if cfg.precision not in ("auto", "fp32", "bf16-mixed"):
+        raise TrainConfigError(f"precision={cfg.precision!r} is not one of ('auto', 'fp32', 'bf16-mixed')")
+    if cfg.keep_checkpoints < 1:
+        raise TrainConfigError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+
+
 def build(cls: type, values: dict[str, Any], where: str) -> Any:
     """`cls(**values)`, with an unknown key reported by name (and a close match)."""
     import difflib

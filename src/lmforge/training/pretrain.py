@@ -104,14 +104,7 @@ class PretrainConfig:
             raise TrainConfigError("data.dir is required (a directory made by `lmforge prepare`)")
         if (self.model is None) == (self.init is None):
             raise TrainConfigError("give exactly one of model (train from scratch) or init (continue a checkpoint)")
-        if self.devices < 1:
-            raise TrainConfigError(f"devices must be >= 1, got {self.devices}")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise TrainConfigError(f"strategy={self.strategy!r} is not one of ('ddp', 'fsdp')")
-        if self.precision not in ("auto", "fp32", "bf16-mixed"):
-            raise TrainConfigError(f"precision={self.precision!r} is not one of ('auto', 'fp32', 'bf16-mixed')")
-        if self.keep_checkpoints < 1:
-            raise TrainConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _config.check_run_options(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

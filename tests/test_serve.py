@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -297,6 +298,8 @@ def test_models_health_openapi_metrics(server):
     assert [m.id for m in models.data] == ["tiny-serve"]
     schema = requests.get(server.url + "/openapi.json", timeout=10).json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/predict", "/health", "/metrics"} <= set(schema["paths"])
+    assert "/v1/classify" not in schema["paths"]  # a language model, not a classifier checkpoint
+    assert requests.post(server.url + "/v1/classify", json={"input": "x"}, timeout=10).status_code == 404
     r = requests.get(server.url + "/metrics", timeout=10)
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     for name in ("# TYPE lmforge_requests_total counter", "# TYPE lmforge_queue_depth gauge",
@@ -575,7 +578,8 @@ def test_tokenizing_big_prompts_does_not_block_the_event_loop(llm, endpoint):
             t.join(timeout=60)
         busy = time.perf_counter() - start
         assert busy > 1.0, f"tokenizing took {busy:.2f} s: too fast to tell"
-        assert latencies and max(latencies) < max(0.5, 10 * idle), (idle, latencies)
+        # the median: one late answer on a busy 2-core machine is noise; a blocked loop delays them all
+        assert len(latencies) >= 3 and statistics.median(latencies) < max(0.25, 10 * idle), (idle, latencies)
 
 
 @pytest.mark.parametrize("key", ["clé-ü", "s3cret"])

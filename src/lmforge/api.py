@@ -172,6 +172,13 @@ class LLM:
         stop_ids = list(sampling.pop("stop_token_ids", None) or []) + prompts.stop_tokens(tok, self.config, prompt_style)
         return self.generate(ids, stream=stream, stop=stop, stop_token_ids=stop_ids, **sampling)
 
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names of a classifier checkpoint (`lmforge finetune classify`), else None."""
+        from lmforge.finetune.common import read_classes
+
+        return read_classes(self.source) if self.source else None
+
     def classify(self, texts: str | Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
         """Classify texts with a classifier checkpoint (what `lmforge finetune classify` writes).
 
@@ -181,9 +188,8 @@ class LLM:
         import torch
 
         from lmforge.finetune.classification import encode_texts, pad_id_of, predict
-        from lmforge.finetune.common import read_classes
 
-        classes = read_classes(self.source) if self.source else None
+        classes = self.classes
         if classes is None:
             raise LmforgeError(f"{self.source or 'this model'} is not a classifier checkpoint (no classifier.json); "
                                "make one with `lmforge finetune classify`")

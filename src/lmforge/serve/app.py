@@ -370,19 +370,19 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
         text, _ = await complete(request, ids, params)
         return {"output": text}
 
-    @app.post("/v1/classify", responses=_errors(400))
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
         """A classifier checkpoint's class of each text (`lmforge finetune classify`):
         `{"input": "…" | ["…", …]}` -> `{"data": [{"index", "label", "probability", "scores"}, …]}`."""
         texts = [body.input] if isinstance(body.input, str) else body.input
-        if not 1 <= len(texts) <= 256:
-            raise APIError(400, f"input must hold 1 to 256 texts, got {len(texts)}", param="input")
         try:
             results = await asyncio.to_thread(llm.classify, texts)
         except LmforgeError as e:
             raise APIError(400, str(e), param="input") from None
         return {"object": "list", "model": model_name,
                 "data": [{"object": "classification", "index": i, **r} for i, r in enumerate(results)]}
+
+    if llm.classes is not None:  # only a classifier checkpoint serves /v1/classify
+        app.post("/v1/classify", responses=_errors(400))(classify)
 
     @app.post("/v1/completions", responses={**_errors(*GENERATION_ERRORS), **STREAM_RESPONSE})
     async def completions(body: CompletionRequest, request: Request):

@@ -155,4 +155,5 @@ CompletionRequest.model_rebuild()
 class ClassifyRequest(_Strict):
     """`POST /v1/classify` body: one text or a list of texts, for a classifier checkpoint."""
 
-    input: Text | list[Text] = Field(description="a text, or a list of up to 256 texts")
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=256)] = Field(
+        description="a text, or a list of 1 to 256 texts")

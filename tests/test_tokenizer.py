@@ -144,6 +144,57 @@ def test_read_gguf_metadata_agrees_with_gguf_package(vocabs):
         assert ours[key] == pytest.approx(theirs) if key.endswith("scores") else ours[key] == theirs, key
 
 
+def test_unknown_pre_tokenizer_is_an_error_unless_overridden(vocabs):
+    """An unknown `tokenizer.ggml.pre` raises, naming it and the known names; `pre=` chooses one."""
+    from lmforge.tokenizer.gguf import GGUF_PRE
+
+    meta = read_gguf_metadata(vocabs / "ggml-vocab-gpt-2.gguf", prefix="tokenizer.")
+    meta["tokenizer.ggml.pre"] = "no-such-pre"
+    with pytest.raises(LmforgeError, match=r"unknown tokenizer.ggml.pre 'no-such-pre'; known: .*\bqwen2\b.*--tokenizer_pre"):
+        Tokenizer.from_gguf_metadata(meta, source="x.gguf")
+    cases = reference_cases(vocabs, "gpt-2")
+    assert_all_cases(Tokenizer.from_gguf_metadata(meta, pre="gpt2"), cases)
+    # the override wins over a known name too (llama-bpe's vocabulary under GPT-2's rules differs)
+    llama = Tokenizer.from_gguf(vocabs / "ggml-vocab-llama-bpe.gguf", pre="gpt-2")
+    assert llama.encode("1234567", bos=False) != gguf_vocab(vocabs, "llama-bpe").encode("1234567", bos=False)
+    with pytest.raises(LmforgeError, match=r"--tokenizer_pre: unknown tokenizer.ggml.pre 'bogus'"):
+        Tokenizer.from_gguf(vocabs / "ggml-vocab-gpt-2.gguf", pre="bogus")
+
+
+def test_every_llama_cpp_pre_tokenizer_is_in_the_table(vocabs):
+    """Each `tokenizer.ggml.pre` name llama.cpp's llama-vocab.cpp accepts has an entry (a name it adds
+    later fails here), and every entry's regexes compile in `tokenizers`."""
+    import re
+
+    from lmforge.tokenizer.gguf import GGUF_PRE, gguf_pre_tokenizer
+
+    source = (vocabs / "llama-vocab.cpp").read_text(encoding="utf-8")
+    names = set(re.findall(r'tokenizer_pre == "([^"]+)"', source))
+    assert len(names) > 80 and {"falcon", "deepseek-coder", "tekken", "kimi-k2", "gpt-4o", "llama4"} <= names
+    assert sorted(names - set(GGUF_PRE)) == []
+    for name, spec in GGUF_PRE.items():
+        assert gguf_pre_tokenizer(spec).pre_tokenize_str("Hello, world 123 ½ 你好\n"), name
+
+
+def test_tokenizer_pre_flag(tmp_path):
+    """`--tokenizer_pre` reaches the GGUF loader: a bad name is one `error:` line."""
+    import subprocess
+    import sys
+
+    model = asset("smollm2-135m-instruct")
+    argv = [sys.executable, "-m", "lmforge", "generate", str(model), "--prompt", "12345", "--max_new_tokens", "1",
+            "--temperature", "0"]
+    bad = subprocess.run([*argv, "--tokenizer_pre", "bogus"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --tokenizer_pre: unknown tokenizer.ggml.pre 'bogus'")
+    assert bad.stderr.count("\n") == 1
+    from lmforge.api import LLM
+
+    text = "Hello!!\n\n  (world) 'tis"
+    llm = LLM.load(model, tokenizer_pre="llama3")  # Llama-3's rules cut this text differently
+    assert llm.tokenizer.encode(text) != Tokenizer.from_gguf(model).encode(text)
+    assert llm.tokenizer.encode(text) == Tokenizer.from_gguf(model, pre="llama-bpe").encode(text)
+
+
 # ---------------------------------------------------------------------------------------------
 # tiktoken ranks
 

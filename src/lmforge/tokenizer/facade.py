@@ -327,7 +327,7 @@ class Tokenizer:
         template = meta.get("tokenizer.chat_template")
         return cls(
             backend,
-            bos_id=opt_id("bos"),
+            bos_id=opt_id("bos") if opt_id("bos") is not None else opt_id("cls"),  # BERT's [CLS] opens a text
             eos_ids=eos_ids,
             pad_id=opt_id("padding"),
             unk_id=opt_id("unknown"),

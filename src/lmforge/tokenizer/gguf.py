@@ -187,24 +187,65 @@ def gguf_pre_tokenizer(spec: PreTokenizer):
 
 
 def gguf_bpe(tokens: list[str], types: list[int], merges: list[str], spec: PreTokenizer):
-    """A `tokenizers` byte-level BPE from a GGUF "gpt2" vocabulary."""
-    from tokenizers import AddedToken, decoders, models
+    """A `tokenizers` BPE from a GGUF "gpt2" (or "gemma4") vocabulary with the pre-tokenizer `spec`."""
+    from tokenizers import decoders, models, normalizers
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab: dict[str, int] = {}
     for i, t in enumerate(tokens):
         vocab.setdefault(t, i)
     pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges))
+    tok = HFTokenizer(
+        models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges, byte_fallback=not spec.byte_level)
+    )
     tok.pre_tokenizer = gguf_pre_tokenizer(spec)
-    tok.decoder = decoders.ByteLevel()
-    added = [
-        AddedToken(t, special=ty == CONTROL, normalized=False)
-        for t, ty in zip(tokens, types)
-        if ty in (CONTROL, USER_DEFINED)
-    ]
-    tok.add_tokens(added)
+    if spec.byte_level:
+        tok.decoder = decoders.ByteLevel()
+    else:  # SentencePiece-style pieces: "▁" for a space, <0xNN> for a byte outside the vocabulary
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return _with_added_tokens(tok, tokens, types)
+
+
+def _with_added_tokens(tok, tokens: list[str], types: list[int]):
+    """`tok` with the vocabulary's control (special) and user-defined tokens matched whole in text."""
+    from tokenizers import AddedToken
+
+    tok.add_tokens(
+        [
+            AddedToken(t, special=ty == CONTROL, normalized=False)
+            for t, ty in zip(tokens, types)
+            if ty in (CONTROL, USER_DEFINED) and t
+        ]
+    )
     return tok
+
+
+def gguf_wpm(tokens: list[str], types: list[int], unk_id: int | None, lowercase: bool, strip_accents: bool):
+    """A `tokenizers` WordPiece from a GGUF "bert" vocabulary (llama.cpp's WPM).
+
+    GGUF writes a word-initial piece as "▁piece" and a continuation as "piece"; WordPiece writes them
+    "piece" and "##piece". llama.cpp's text preparation (drop controls, split on whitespace, on
+    punctuation and CJK characters, lower-case, strip accents) is BERT's normalizer + pre-tokenizer.
+    """
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    vocab: dict[str, int] = {}
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+        if ty == CONTROL:
+            piece = t
+        else:
+            piece = t[1:] if t.startswith("▁") else "##" + t
+        vocab.setdefault(piece, i)
+    unk = tokens[unk_id] if unk_id is not None else "[UNK]"
+    tok = HFTokenizer(models.WordPiece(vocab=vocab, unk_token=unk, max_input_chars_per_word=1_000_000))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return _with_added_tokens(tok, tokens, types)
 
 
 def gguf_pre_name(backend: HFBackend | TiktokenBackend, spec: dict) -> str:
@@ -301,7 +342,9 @@ def backend_from_metadata(
     types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
     if pre is not None:
         known_pre(pre, "--tokenizer_pre")
-    if model == "gpt2":
+    if model in ("gpt2", "gemma4"):
+        if model == "gemma4":  # llama.cpp: gemma4's own pre-tokenizer, whatever the file says
+            pre = pre or "gemma4"
         if pre is None and "tokenizer.ggml.pre" not in meta:
             warnings.warn(
                 f"{source}: no tokenizer.ggml.pre; using llama.cpp's 'default' pre-tokenizer, as llama.cpp does "
@@ -318,9 +361,16 @@ def backend_from_metadata(
         unk, bos, eos = (token_id(meta, key) for key in ("unknown", "bos", "eos"))
         backend = SPMBackend(spm_proto(tokens, scores, types, unk, bos, eos, add_prefix))
         default_add_bos = True
+    elif model == "bert":
+        # llama.cpp's defaults: lower-case, and strip accents when lower-casing
+        lowercase = bool(meta.get("tokenizer.ggml.normalizer.lowercase", True))
+        strip = bool(meta.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
+        backend = HFBackend(gguf_wpm(tokens, types, token_id(meta, "unknown"), lowercase, strip))
+        default_add_bos = True
     else:
         raise TokenizerError(
-            f"{source}: unsupported GGUF tokenizer model {model!r} (supported: 'gpt2' BPE, 'llama' SentencePiece)"
+            f"{source}: unsupported GGUF tokenizer model {model!r} (supported: 'gpt2' and 'gemma4' BPE, "
+            f"'llama' SentencePiece, 'bert' WordPiece)"
         )
     return backend, default_add_bos
 

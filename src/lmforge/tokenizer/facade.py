@@ -303,15 +303,22 @@ class Tokenizer:
         return cls(backend, bos_id=bos, eos_ids=eos_ids, add_bos=add_bos, source=str(path))
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
-        """The tokenizer embedded in a GGUF file (model or vocab-only)."""
+    def from_gguf(cls, path: str | os.PathLike, pre: str | None = None) -> Tokenizer:
+        """The tokenizer embedded in a GGUF file (model or vocab-only).
+
+        Args:
+            path: the .gguf file.
+            pre: a llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`) to use instead of the file's;
+                needed for a file whose name lmforge does not know (that is an error otherwise).
+        """
         meta = read_gguf_metadata(path, prefix="tokenizer.")
-        return cls.from_gguf_metadata(meta, source=str(path))
+        return cls.from_gguf_metadata(meta, source=str(path), pre=pre)
 
     @classmethod
-    def from_gguf_metadata(cls, meta: dict[str, Any], source: str = "gguf") -> Tokenizer:
-        """Build from GGUF `tokenizer.*` metadata ({key: value}, e.g. from `read_gguf_metadata`)."""
-        backend, default_add_bos = gguf_vocab.backend_from_metadata(meta, source)
+    def from_gguf_metadata(cls, meta: dict[str, Any], source: str = "gguf", pre: str | None = None) -> Tokenizer:
+        """Build from GGUF `tokenizer.*` metadata ({key: value}, e.g. from `read_gguf_metadata`); `pre`
+        as in `from_gguf`."""
+        backend, default_add_bos = gguf_vocab.backend_from_metadata(meta, source, pre)
 
         def opt_id(key: str) -> int | None:
             return gguf_vocab.token_id(meta, key)
@@ -320,7 +327,7 @@ class Tokenizer:
         template = meta.get("tokenizer.chat_template")
         return cls(
             backend,
-            bos_id=opt_id("bos"),
+            bos_id=opt_id("bos") if opt_id("bos") is not None else opt_id("cls"),  # BERT's [CLS] opens a text
             eos_ids=eos_ids,
             pad_id=opt_id("padding"),
             unk_id=opt_id("unknown"),

@@ -90,6 +90,9 @@ class ModelArgs:
     quantize: Quantize = "none"
     """CPU inference mode: int8 or bf16 stores the weights that way (weight-only, fewer bytes per token);
     none: as loaded."""
+    tokenizer_pre: str | None = None
+    """A GGUF's pre-tokenizer by llama.cpp's name (gpt2, llama3, qwen2, ...), over its tokenizer.ggml.pre
+    (needed when lmforge does not know the file's)."""
 
 
 # sampling flags: SamplingParams' fields but the ones a command line has no use for

@@ -669,3 +669,24 @@ def test_text_pieces_pre_tokenize_like_the_whole_text():
             assert [w for p in pieces for w, _ in pt.pre_tokenize_str(p)] == whole, (kind, pieces)
 
     check()
+
+
+def test_t5_unigram_vocabulary(vocabs, tmp_path):
+    """llama.cpp's UGM ("t5" vocabularies, here XLM-R's in nomic-bert-moe): a SentencePiece unigram with
+    the file's normalization. No llama.cpp reference vectors exist for it, so two other engines check
+    it: the saved tokenizer.json (a `tokenizers` Unigram) in `tokenizers` and `transformers` gives the
+    same ids on all of llama.cpp's reference texts, and "Hello world" is XLM-R's [0, 35378, 8999]."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(vocabs / "ggml-vocab-nomic-bert-moe.gguf")
+    assert tok.encode("Hello world") == [0, 35378, 8999]
+    tok.save(tmp_path)
+    fast = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    texts = (vocabs / "ggml-vocab-llama-bpe.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    assert len(texts) > 40
+    for text in texts:
+        ids = tok.encode(text, bos=False)
+        assert ids == fast.encode(text, add_special_tokens=False).ids == hf(text, add_special_tokens=False).input_ids

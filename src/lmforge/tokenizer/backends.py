@@ -152,8 +152,10 @@ class SPMBackend:
         from tokenizers import AddedToken, decoders, models, normalizers
         from tokenizers import Tokenizer as HFTokenizer
 
+        if self.proto.trainer_spec.model_type == pb.TrainerSpec.UNIGRAM:
+            return self._unigram_to_hf()
         if self.proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
-            raise TokenizerError("only SentencePiece BPE models convert to tokenizer.json (this one is not BPE)")
+            raise TokenizerError("only SentencePiece BPE and unigram models convert to tokenizer.json")
         pieces = self.proto.pieces
         vocab = {p.piece: i for i, p in enumerate(pieces)}
         candidates = []
@@ -180,6 +182,29 @@ class SPMBackend:
                 if p.type in (CONTROL, USER_DEFINED) and p.piece
             ]
         )
+        return tok
+
+
+    def _unigram_to_hf(self):
+        """An equivalent `tokenizers` Unigram (T5 / XLM-R layout): the same pieces and scores, the
+        model's normalization (its precompiled charsmap; extra whitespace removed) and `▁` words."""
+        from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        pieces = self.proto.pieces
+        tok = HFTokenizer(models.Unigram([(p.piece, p.score) for p in pieces], unk_id=self.sp.unk_id(),
+                                         byte_fallback=self.proto.trainer_spec.byte_fallback))
+        norm = self.proto.normalizer_spec
+        steps = [normalizers.Precompiled(norm.precompiled_charsmap)] if norm.precompiled_charsmap else []
+        if norm.remove_extra_whitespaces:
+            steps += [normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip()]
+        if steps:
+            tok.normalizer = normalizers.Sequence(steps)
+        scheme = "always" if norm.add_dummy_prefix else "never"
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
+        tok.add_tokens([AddedToken(p.piece, special=p.type == CONTROL, normalized=False)
+                        for p in pieces if p.type in (CONTROL, USER_DEFINED) and p.piece])
         return tok
 
 

@@ -279,8 +279,13 @@ def spm_proto(
     bos_id: int | None,
     eos_id: int | None,
     add_dummy_prefix: bool,
+    unigram: bool = False,
+    charsmap: bytes | None = None,
+    remove_extra_whitespaces: bool = False,
 ) -> bytes:
-    """A SentencePiece BPE model (serialized ModelProto) from a GGUF "llama" vocabulary."""
+    """A SentencePiece model (serialized ModelProto) from a GGUF vocabulary: BPE for "llama" (SPM),
+    unigram with its normalization's precompiled charsmap for "t5" (llama.cpp's UGM, a port of
+    SentencePiece's unigram)."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     m = pb.ModelProto()
@@ -297,7 +302,7 @@ def spm_proto(
         else:
             p.type = ty if ty in (NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL
     spec = m.trainer_spec
-    spec.model_type = pb.TrainerSpec.BPE
+    spec.model_type = pb.TrainerSpec.UNIGRAM if unigram else pb.TrainerSpec.BPE
     spec.vocab_size = len(tokens)
     spec.byte_fallback = BYTE in types
     spec.unk_id, spec.unk_piece = unk_id, tokens[unk_id]
@@ -306,12 +311,14 @@ def spm_proto(
         spec.bos_id, spec.bos_piece = bos_id, tokens[bos_id]
     if eos_id is not None and m.pieces[eos_id].type == pb.ModelProto.SentencePiece.CONTROL:
         spec.eos_id, spec.eos_piece = eos_id, tokens[eos_id]
-    spec.split_digits = True
+    spec.split_digits = not unigram
     spec.allow_whitespace_only_pieces = True
     norm = m.normalizer_spec
     norm.name = "identity"
+    if charsmap:
+        norm.name, norm.precompiled_charsmap = "precompiled", bytes(charsmap)
     norm.add_dummy_prefix = bool(add_dummy_prefix)
-    norm.remove_extra_whitespaces = False
+    norm.remove_extra_whitespaces = bool(remove_extra_whitespaces)
     norm.escape_whitespaces = True
     return m.SerializeToString()
 
@@ -361,6 +368,15 @@ def backend_from_metadata(
         unk, bos, eos = (token_id(meta, key) for key in ("unknown", "bos", "eos"))
         backend = SPMBackend(spm_proto(tokens, scores, types, unk, bos, eos, add_prefix))
         default_add_bos = True
+    elif model == "t5":  # llama.cpp's UGM: SentencePiece unigram with T5's normalization
+        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+        unk, bos, eos = (token_id(meta, key) for key in ("unknown", "bos", "eos"))
+        charsmap = meta.get("tokenizer.ggml.precompiled_charsmap")
+        backend = SPMBackend(spm_proto(
+            tokens, scores, types, unk, bos, eos, meta.get("tokenizer.ggml.add_space_prefix", True), unigram=True,
+            charsmap=bytes(charsmap) if charsmap is not None else None,
+            remove_extra_whitespaces=meta.get("tokenizer.ggml.remove_extra_whitespaces", True)))
+        default_add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     elif model == "bert":
         # llama.cpp's defaults: lower-case, and strip accents when lower-casing
         lowercase = bool(meta.get("tokenizer.ggml.normalizer.lowercase", True))
@@ -370,7 +386,7 @@ def backend_from_metadata(
     else:
         raise TokenizerError(
             f"{source}: unsupported GGUF tokenizer model {model!r} (supported: 'gpt2' and 'gemma4' BPE, "
-            f"'llama' SentencePiece, 'bert' WordPiece)"
+            f"'llama' SentencePiece, 't5' unigram, 'bert' WordPiece)"
         )
     return backend, default_add_bos
 

@@ -190,7 +190,7 @@ def memory_child(variant: str, args) -> None:
     import gc
 
     config, sd = load()
-    model, step = build(variant, config, sd)
+    _, step = build(variant, config, sd)
     del sd
     gc.collect()
     try:  # hand the loading's freed memory back to the OS, so the peak below is the training's

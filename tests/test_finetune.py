@@ -179,6 +179,30 @@ def test_sft_lora_writes_merged_model_and_peft_adapter(tiny_ckpt, tmp_path):
         assert not torch.allclose(LLM.load(tiny_ckpt, device="cpu", dtype="float32").model(ids), merged(ids))
 
 
+def test_sft_adapter_loads_in_peft_on_the_hf_export(tiny_ckpt, tmp_path):
+    """A finetune run's adapter dir, loaded by `peft.PeftModel.from_pretrained` on the `--to hf` export of
+    the base, gives the logits of the run's merged model."""
+    pytest.importorskip("peft")
+    import peft
+    import transformers
+
+    from lmforge.api import LLM
+    from lmforge.cli import main
+
+    sft(sft_cfg(tiny_ckpt, tmp_path / "run", data={"n_test": 0}, eval={"sample_tokens": 0}, train={"lr": 3e-2},
+                method={"lora": {"r": 4, "alpha": 8, "targets": "all-linear"}}))
+    final = tmp_path / "run" / "final"
+    assert main(["convert", str(tiny_ckpt), "--to", "hf", "--out", str(tmp_path / "hf")]) in (0, None)
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
+    theirs = peft.PeftModel.from_pretrained(base, final / "adapter").eval()
+    merged = LLM.load(final, device="cpu", dtype="float32").model
+    ids = torch.tensor([[1, 2, 3, 400, 5000, 77]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, merged(ids), rtol=1e-4, atol=1e-4)
+        with theirs.disable_adapter():  # the adapter is what makes the difference
+            assert not torch.allclose(theirs(ids).logits, merged(ids), atol=1e-3)
+
+
 def test_sft_int8_base_lora_trains(tiny_ckpt, tmp_path):
     s = sft(sft_cfg(tiny_ckpt, tmp_path / "q", method={"quantize": "int8"}, train={"lr": 3e-2}))
     assert s["val_loss"] < s["initial_val_loss"]

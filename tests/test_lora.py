@@ -137,6 +137,28 @@ def test_peft_adapter_loads_in_ours_with_equal_logits(hf_llama, tmp_path):
         torch.testing.assert_close(model(IDS), theirs.eval()(IDS).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_adapter_gradients_equal_peft(hf_llama, tmp_path):
+    """Training through our adapters gives PEFT's gradients (rank 4, alpha 8: the update is scaled)."""
+    import peft
+
+    from lmforge.convert.peft import save_peft_adapter
+
+    path, llm = hf_llama
+    model = copy.deepcopy(llm.model).train()
+    settings = LoRASettings(r=4, alpha=8, targets="all-linear")
+    apply_lora(model, settings)
+    _randomize_adapters(model)
+    save_peft_adapter(model, llm.config, settings, tmp_path / "adapter")
+    theirs = peft.PeftModel.from_pretrained(_hf(path), tmp_path / "adapter", is_trainable=True).train()
+    model(IDS).float().square().mean().backward()
+    theirs(IDS).logits.float().square().mean().backward()
+    grads = {n: p.grad for n, p in theirs.named_parameters() if p.requires_grad}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            hf_name = next(k for k in grads if k.endswith(name.replace(".weight", ".default.weight")))
+            torch.testing.assert_close(p.grad, grads[hf_name], rtol=1e-4, atol=1e-6)
+
+
 def test_fused_hf_projection_is_refused(tmp_path):
     from lmforge.config import Config
     from lmforge.convert.peft import save_peft_adapter

@@ -96,6 +96,33 @@ def test_many_rows_take_the_dequantized_path_and_agree():
 
 
 @needs_kernels
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_input_gradient_through_a_frozen_base_keeps_only_the_stored_weight(mode, bias):
+    """Training through a quantized base (LoRA on int8): x's gradient is nn.Linear's on the dequantized
+    weight, and the backward holds the stored weight, not an fp32 copy (that copy per layer made an
+    int8 base cost more memory than fp32)."""
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=bias)
+    q = QuantizedLinear(lin, mode)
+    plain = torch.nn.Linear(64, 48, bias=bias)
+    with torch.no_grad():
+        plain.weight.copy_(q.dequantized())
+        if bias:
+            plain.bias.copy_(q.bias)
+    x = torch.randn(3, 5, 64, generator=g, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = q(x)
+    w = torch.randn(y.shape, generator=g)
+    (y * w).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (plain(x2) * w).sum().backward()
+    torch.testing.assert_close(y, plain(x2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    assert not any(t.dtype == torch.float32 and t.numel() == 48 * 64 for t in saved)  # (either orientation)
+
+
 def test_thread_count_does_not_change_results():
     # each output row is computed by one thread in a fixed order: bit-identical for any pool size
     torch.manual_seed(4)

@@ -101,8 +101,13 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)
         if not self.enabled:
             return y
-        a = self.lora_A.weight
-        return y + self.lora_B(self.lora_A(self.dropout(x.to(a.dtype)))).to(y.dtype) * self.scaling
+        a, b = self.lora_A.weight, self.lora_B.weight
+        h = self.lora_A(self.dropout(x.to(a.dtype)))  # (..., r)
+        if type(self.base_layer) is nn.Linear and y.dtype == b.dtype and not torch.is_autocast_enabled(y.device.type):
+            # y += scaling * h @ B.T inside the matrix product: no (..., out) temporaries for the scaled
+            # update and the sum, forward or backward (the frozen base's backward does not need y)
+            return y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), b.t(), alpha=self.scaling).view(y.shape)
+        return y + self.lora_B(h).to(y.dtype) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
         """The update (out, in) this adapter adds to the base weight."""

@@ -33,6 +33,28 @@ MODES: tuple[str, ...] = ("int8", "bf16", "fp32")
 KERNEL_MAX_ROWS = 16
 
 
+class _FrozenLinear(torch.autograd.Function):
+    """`x @ (weight * scale[:, None]).T + bias` for a frozen stored weight: the gradient of x only, from
+    the stored (int8/bf16) weight, dequantized to fp32 just for the backward matrix product."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        y = F.linear(x, weight.float())
+        if scale is not None:
+            y.mul_(scale)
+        if bias is not None:
+            y.add_(bias)
+        ctx.save_for_backward(weight, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple:
+        weight, scale = ctx.saved_tensors
+        g = g * scale if scale is not None else g
+        return g @ weight.float(), None, None, None
+
+
 class QuantizedLinear(nn.Module):
     """A drop-in `nn.Linear` replacement holding its weight as int8 (+ per-row scale), bf16 or fp32.
 
@@ -79,6 +101,10 @@ class QuantizedLinear(nn.Module):
         if lib is not None and x2.size(0) <= KERNEL_MAX_ROWS and self.in_features % 16 == 0 and not (
                 x.requires_grad and torch.is_grad_enabled()):
             y = self._kernel(lib, x2.float().contiguous())
+        elif x.requires_grad and torch.is_grad_enabled():
+            # training through the frozen base (LoRA on int8): the backward keeps the stored weight,
+            # not an fp32 copy of it per layer (which made an int8 base use more memory than fp32)
+            y = _FrozenLinear.apply(x2.float(), self.weight, self.scale, self.bias)
         elif self.scale is not None:  # scale the (N-wide) output, not the (N x K) weight
             y = torch.addcmul(self.bias, F.linear(x2.float(), self.weight.float()), self.scale) \
                 if self.bias is not None else F.linear(x2.float(), self.weight.float()) * self.scale

@@ -62,6 +62,12 @@ def fused_linear_cross_entropy(
     targets = targets.reshape(-1)
     if targets.shape[0] != hidden.shape[0]:
         raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets")
+    if hidden.device.type == "cpu":
+        # only the scored rows go through the head: with SFT's masked prompts that is ~1 row in 10
+        # (the ignored rows' hidden gradient is zero either way); on CPU the count is free to read
+        keep = (targets != ignore_index).nonzero().squeeze(1)
+        if keep.numel() < targets.numel():
+            hidden, targets = hidden.index_select(0, keep), targets.index_select(0, keep)
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     dtype = None
     if torch.is_autocast_enabled(hidden.device.type):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,9 +175,10 @@ class LLM:
         stop_ids = list(sampling.pop("stop_token_ids", None) or []) + prompts.stop_tokens(tok, self.config, prompt_style)
         return self.generate(ids, stream=stream, stop=stop, stop_token_ids=stop_ids, **sampling)
 
-    @property
+    @functools.cached_property
     def classes(self) -> list[str] | None:
-        """The class names of a classifier checkpoint (`lmforge finetune classify`), else None."""
+        """The class names of a classifier checkpoint (`lmforge finetune classify`), else None (read
+        once: the server asks on every /v1/classify request)."""
         from lmforge.finetune.common import read_classes
 
         return read_classes(self.source) if self.source else None

@@ -121,6 +121,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, history: torch.
 # top-p looks at the most likely tokens first: sorting a 50k-150k vocabulary per row per step costs
 # milliseconds, and the nucleus is almost always within the first few hundred tokens
 _TOP_P_CANDIDATES = 256
+_FEW_CANDIDATES = 64
 
 
 def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -172,10 +173,16 @@ def sample(
     out = torch.empty(B, dtype=torch.long, device=logits.device)
     gens = generators or [None] * B
     # rows whose choice lies among their most likely tokens (top-p / top-k, no penalty) are sampled
-    # together; the others row by row over the whole vocabulary
+    # together, first from the `_FEW_CANDIDATES` most likely (a peaked row's nucleus is small), then
+    # from `_TOP_P_CANDIDATES`; the rest row by row over the whole vocabulary
     fast = [b for b, p in enumerate(params) if not p.greedy and p.repetition_penalty == 1.0
             and (p.top_p < 1.0 or 0 < (p.top_k or 0) <= _TOP_P_CANDIDATES)]
-    done = _sample_candidates(logits, fast, params, gens, out) if fast else set()
+    done: set[int] = set()
+    for k in (_FEW_CANDIDATES, _TOP_P_CANDIDATES):
+        # a top-k past k candidates renormalises over tokens beyond them: the next size
+        rows = [b for b in fast if b not in done and (params[b].top_k or 0) <= k]
+        if rows:
+            done |= _sample_candidates(logits, rows, params, gens, out, k)
     for b in range(B):
         if b in done:
             continue
@@ -194,19 +201,23 @@ def sample(
 
 
 def _sample_candidates(logits: torch.Tensor, rows: list[int], params: list[SamplingParams],
-                       gens: list, out: torch.Tensor) -> set[int]:
-    """Sample `rows` of `logits` from their `_TOP_P_CANDIDATES` most likely tokens, all rows at once,
+                       gens: list, out: torch.Tensor, k: int) -> set[int]:
+    """Sample `rows` of `logits` from their `k` most likely tokens, all rows at once,
     as `process_logits` + inverse-CDF sampling would over the whole vocabulary: top-k, then top-p on
     the renormalised rest, then min-p. Returns the rows done (a row whose nucleus reaches past the
     candidates is left to the caller)."""
     import torch
 
-    x = logits[rows].float()
-    temps = torch.tensor([params[b].temperature for b in rows], device=x.device)
-    x = x / temps[:, None]
-    k = min(_TOP_P_CANDIDATES, x.size(-1))
+    x = (logits if len(rows) == logits.size(0) else logits[rows]).float()  # (rows are ascending)
+    inv_t = 1.0 / torch.tensor([params[b].temperature for b in rows], device=x.device)[:, None]
+    k = min(k, x.size(-1))
+    # a positive temperature keeps the order: pick the candidates on the raw logits, and scale only
+    # them; the softmax's normaliser over the whole row is one fused pass, shifted by the row's max
     vals, order = torch.topk(x, k)  # (R, k), sorted
-    p = (vals - torch.logsumexp(x, -1, keepdim=True)).exp()
+    vals = vals * inv_t
+    top = vals[:, :1]
+    lse = top + torch.addcmul(-top, x, inv_t).exp_().sum(-1, keepdim=True).log()
+    p = (vals - lse).exp()
     keep = torch.ones_like(p, dtype=torch.bool)
     mass = torch.ones(len(rows), device=x.device)  # probability mass the kept tokens renormalise by
     top_k = [params[b].top_k or 0 for b in rows]
@@ -229,11 +240,14 @@ def _sample_candidates(logits: torch.Tensor, rows: list[int], params: list[Sampl
     min_p = torch.tensor([params[b].min_p for b in rows], device=x.device)
     keep &= p >= min_p[:, None] * p[:, :1]
     cdf = (p * keep).cumsum(-1)
-    done = set()
-    for i, b in enumerate(rows):
-        if not bool(complete[i]) or not float(cdf[i, -1]) > 0:
-            continue
-        u = torch.rand((), generator=gens[b], device=x.device) * cdf[i, -1]
-        out[b] = order[i, torch.searchsorted(cdf[i], u, right=True).clamp_(max=k - 1)]
-        done.add(b)
-    return done
+    ok = (complete & (cdf[:, -1] > 0)).tolist()
+    picked = [i for i, good in enumerate(ok) if good]
+    if not picked:
+        return set()
+    # one draw per sampled row from its own generator (a row left to the caller draws there)
+    u = torch.stack([torch.rand((), generator=gens[rows[i]], device=x.device) for i in picked])
+    at = torch.tensor(picked, device=x.device)
+    cdf = cdf[at]
+    j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=k - 1)
+    out[torch.tensor([rows[i] for i in picked], device=x.device)] = order[at].gather(1, j)[:, 0]
+    return {rows[i] for i in picked}

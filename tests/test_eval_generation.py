@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_chat_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import tiny_chat_checkpoint
 from lmforge.api import LLM
 from lmforge.data.tasks import make_tasks, score
 from lmforge.errors import LmforgeError

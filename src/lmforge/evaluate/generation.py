@@ -159,7 +159,7 @@ def score_replies(items: list[Item], replies: list[str], metric: str = "exact", 
 
     from lmforge.evaluate.stats import mean_stderr
 
-    cut: Callable[[str], str | None] = lambda r: r  # noqa: E731
+    cut: Callable[[str], str | None] = lambda r: r
     if extract is not None:
         pattern = _compile(extract, "extract")
 

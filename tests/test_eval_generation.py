@@ -177,7 +177,8 @@ _fields = st.fixed_dictionaries({}, optional={"prompt": _json_values, "answer": 
 _lines = st.lists(st.one_of(_fields.map(json.dumps), st.text(max_size=20)), min_size=0, max_size=5)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=_lines, metric=st.sampled_from(["exact", "contains", "regex", "numeric", "task"]))
 def test_any_file_reads_or_fails_with_one_line(tmp_path, lines, metric):
     path = tmp_path / "fuzz.jsonl"

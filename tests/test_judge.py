@@ -26,6 +26,7 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.evaluate.judge import (
     JudgeArgs,
     fill,
+    judge_answers,
     item_score,
     parse_score,
     parse_verdict,
@@ -194,6 +195,11 @@ def test_judge_scores_through_a_real_server(llm, judge_87, tmp_path):
     answers = llm.chat([[{"role": "user", "content": w["instruction"]}] for w in want], max_new_tokens=8)
     assert [s["answer"] for s in r["samples"]] == answers
     assert all(s["reply"].startswith("Score: 87") for s in saved)
+    # answers written elsewhere: judged as they are, with the same result
+    given = [{"id": s["id"], "instruction": s["instruction"], "answer": s["answer"]} for s in saved[:3]]
+    again = judge_answers(given, args(judge_87, tmp_path, out=str(tmp_path / "again.jsonl")))
+    assert [s["answer"] for s in again["samples"]] == [g["answer"] for g in given]
+    assert again["metrics"]["judge_score"]["value"] == 87.0
 
 
 def test_parse_failures_are_counted_shown_and_kept(llm, random_judge, tmp_path, capsys):
@@ -248,7 +254,8 @@ def test_partial_results_are_kept_and_resumed(llm, tmp_path_factory, tmp_path):
     # the judge is gone: one line naming what is kept; nothing judged is lost
     with pytest.raises(LmforgeError) as e:
         run_judge(llm, args(srv, tmp_path, limit=8, resume=True))
-    assert "\n" not in str(e.value) and f"4 judged items are kept in {out}" in str(e.value) and "--resume" in str(e.value)
+    msg = str(e.value)
+    assert "\n" not in msg and f"4 judged items are kept in {out}" in msg and "--resume" in msg
     assert out.read_text() == first
     # an existing file is never overwritten without --resume
     with Server(judge_llm, max_batch_size=4, max_seq_length=1024) as srv:
@@ -291,7 +298,8 @@ def test_templates_override_and_are_checked(llm, judge_87, tmp_path):
     with pytest.raises(ConfigError, match=r"no \{answer_a\} in it \(a pairwise template needs"):
         run_pairwise([{"instruction": "i", "answer": "x"}], [{"instruction": "i", "answer": "y"}],
                      args(judge_87, tmp_path, template=str(good)))
-    assert fill(good.read_text(), instruction="i", answer="x") == 'Instruction: i\nAnswer: x\nReply as JSON {"score": N}.'
+    filled = fill(good.read_text(), instruction="i", answer="x")
+    assert filled == 'Instruction: i\nAnswer: x\nReply as JSON {"score": N}.'
     r = run_judge(llm, args(judge_87, tmp_path, template=str(good), limit=2))
     assert r["metrics"]["judge_score"]["value"] == 87.0
 
@@ -302,7 +310,8 @@ def test_answer_files_are_checked(tmp_path):
         (tmp_path / "a.jsonl").write_text('{"instruction": "i", "answer": "x"}\n{"instruction": "j"}\n')
         run_pairwise(tmp_path / "a.jsonl", [], cfg)
     with pytest.raises(LmforgeError, match="share no item ids"):
-        run_pairwise([{"id": "1", "instruction": "i", "answer": "x"}], [{"id": "2", "instruction": "i", "answer": "y"}], cfg)
+        run_pairwise([{"id": "1", "instruction": "i", "answer": "x"}],
+                     [{"id": "2", "instruction": "i", "answer": "y"}], cfg)
 
 
 def test_shipped_instructions(tmp_path):
@@ -323,3 +332,26 @@ def test_data_instructions_verb(tmp_path):
 
     run(["data", "instructions", "--out", str(tmp_path / "x.jsonl")])
     assert read_instructions(tmp_path / "x.jsonl") == read_instructions()
+
+
+@pytest.mark.slow
+def test_smollm2_judges_smollm2_through_lmforge_serve(tmp_path):
+    from helpers import asset
+
+    gguf = asset("smollm2-135m-instruct")
+    answerer = LLM.load(gguf)
+    with Server(LLM.load(gguf), max_batch_size=4, max_seq_length=2048) as srv:
+        common = dict(url=srv.url + "/v1", max_new_tokens=48, judge_max_tokens=48, batch_size=4, retries=1)
+        r = run_judge(answerer, JudgeArgs(out=str(tmp_path / "scores.jsonl"), limit=4, **common))
+        saved = lines(tmp_path / "scores.jsonl")
+        short = [{**s, "answer": s["answer"][:20]} for s in saved]
+        p = run_pairwise(tmp_path / "scores.jsonl", short, JudgeArgs(out=str(tmp_path / "pairs.jsonl"), **common))
+    assert r["breakdown"]["judge_model"] == answerer.config.name
+    assert len(saved) == 4 and all(s["answer"] and s["reply"] for s in saved)
+    failed = [s for s in saved if s["score"] is None]
+    assert r["metrics"]["parse_failures"]["value"] == len(failed)
+    assert all(0 <= s["score"] <= 100 for s in saved if s["score"] is not None)
+    m = p["metrics"]
+    assert len(lines(tmp_path / "pairs.jsonl")) == 4
+    assert m["wins"]["value"] + m["ties"]["value"] + m["losses"]["value"] == p["breakdown"]["scored"]
+    assert m["parse_failures"]["value"] == sum(v is None for s in p["samples"] for v in s["votes"])

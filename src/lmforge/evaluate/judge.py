@@ -4,6 +4,7 @@
     cfg = JudgeArgs(url="http://127.0.0.1:8000/v1", out="runs/judge-a.jsonl")
     run_judge(llm, cfg)      # llm answers the instructions, the judge scores each answer 0-100
     run_pairwise("runs/judge-a.jsonl", "runs/judge-b.jsonl", JudgeArgs(out="runs/a-vs-b.jsonl"))
+    judge_answers("answers.jsonl", cfg)   # score answers written elsewhere (instruction + answer lines)
 
 The judge is any OpenAI-compatible chat endpoint (`lmforge serve` included), reached with the `openai`
 client; the API key comes from the environment variable `api_key_env` names. The prompt is a template
@@ -184,7 +185,8 @@ def parse_score(reply: str | None) -> float | None:
 
 _VERDICT_BRACKETS = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
 _VERDICT_ALONE = re.compile(r"^\W*(?:(?:answer|response|assistant|output)\s+)?(A|B|tie)\W*$", re.IGNORECASE)
-_VERDICT_BETTER = re.compile(r"\b(?:answer|response|assistant|output)\s+(A|B)\s+is\s+(?:the\s+)?better\b", re.IGNORECASE)
+_VERDICT_BETTER = re.compile(r"\b(?:answer|response|assistant|output)\s+(A|B)\s+is\s+(?:the\s+)?better\b",
+                             re.IGNORECASE)
 
 
 def parse_verdict(reply: str | None) -> str | None:
@@ -366,6 +368,17 @@ def _report_failures(what: str, failed: list[str], total: int) -> None:
               file=sys.stderr)
 
 
+def _score(judge: Judge, template: str, answered: list[dict]) -> None:
+    """Judge each answered item (`id`, `instruction`, `answer`, …) 0-100, appending it to the log."""
+    by_id = {it["id"]: it for it in answered}
+
+    def finish(key: str, replies: list[str]) -> dict:
+        return {**by_id[key], "judge_model": judge.model, "reply": replies[0], "score": parse_score(replies[0])}
+
+    judge.judge_items(((it["id"], [fill(template, instruction=it["instruction"], answer=it["answer"])])
+                       for it in answered), finish)
+
+
 def run_judge(llm: LLM, cfg: JudgeArgs) -> dict[str, Any]:
     """Have `llm` answer the instructions, and the judge score each answer 0-100.
 
@@ -385,18 +398,21 @@ def run_judge(llm: LLM, cfg: JudgeArgs) -> dict[str, Any]:
         answers = llm.chat([[{"role": "user", "content": it["instruction"]}] for it in chunk],
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
                            max_batch_size=cfg.batch_size)
-        by_id = {it["id"]: (it, a) for it, a in zip(chunk, answers)}
-
-        def finish(key: str, replies: list[str], by_id=by_id) -> dict:
-            it, answer = by_id[key]
-            return {**it, "answer": answer, "judge_model": judge.model, "reply": replies[0],
-                    "score": parse_score(replies[0])}
-
-        judge.judge_items(((it["id"], [fill(template, instruction=it["instruction"], answer=a)])
-                           for it, a in by_id.values()), finish)
+        _score(judge, template, [{**it, "answer": a} for it, a in zip(chunk, answers)])
         print(f"judge: {len(log.done)}/{len(items)} items judged", file=sys.stderr)
-    samples = [log.done[it["id"]] for it in items]
-    return summarise_scores(samples, cfg, judge.model)
+    return summarise_scores([log.done[it["id"]] for it in items], cfg, judge.model)
+
+
+def judge_answers(answers: str | Path | Sequence[dict], cfg: JudgeArgs) -> dict[str, Any]:
+    """Score answers already written (a JSONL or dicts of `instruction` + `answer`, see `read_answers`)
+    0-100: `run_judge` without the generation. Returns the same result dict."""
+    template = cfg.prompt_template("score")
+    given = read_answers(answers)
+    keys = list(given)[:cfg.limit] if cfg.limit else list(given)
+    log = JudgedLog(cfg.out, cfg.resume, {k: given[k]["instruction"] for k in keys})
+    judge = Judge(cfg, log)
+    _score(judge, template, [{"category": None, **given[k], "id": k} for k in keys if k not in log.done])
+    return summarise_scores([log.done[k] for k in keys], cfg, judge.model)
 
 
 def summarise_scores(samples: list[dict], cfg: JudgeArgs, judge_model: str) -> dict[str, Any]:

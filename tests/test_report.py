@@ -262,6 +262,16 @@ def test_any_report_json_renders_or_is_a_report_error(tmp_path_factory, report):
     assert Page(html).sections == [s["name"] for s in checked["stages"]]
 
 
+def test_page_and_template_ship_as_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lmforge"]
+    shipped = {p for g in globs for p in (root / "src" / "lmforge").glob(g)}
+    for name in ("serve/static/chat.html", "templates/report.html.j2"):
+        assert root / "src" / "lmforge" / name in shipped, name
+
+
 @pytest.mark.slow
 def test_demo_writes_its_report(tmp_path):
     """`lmforge demo --skip_pretrain` on the real SmolLM2: report.json + report.html with the chat stage."""

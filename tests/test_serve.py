@@ -842,3 +842,35 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(llm, tmp_path):
                 failures.append((check["name"], response.get("status_code"), body[:200]))
     assert requests_made >= 1000, (requests_made, proc.stdout[-3000:])
     assert not failures, (requests_made, sorted(set(failures)), proc.stdout[-2000:])
+
+
+def test_chat_page_is_served_without_the_key_and_the_api_still_needs_it(llm):
+    from html.parser import HTMLParser
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(llm, api_key="s3cret", max_batch_size=1), base_url="http://127.0.0.1") as tc:
+        page = tc.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        # nothing loaded from elsewhere: the page's CSP allows only its own inline script and style
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert "connect-src 'self'" in page.headers["content-security-policy"]
+
+        urls: list[str] = []
+
+        class Links(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                urls.extend(v for k, v in attrs if k in ("src", "href", "action") and v)
+
+        Links().feed(page.text)
+        assert urls == []  # no CDN, no external script or stylesheet
+        # the page calls this server's own endpoints, which still answer 401 without the key
+        for path in ("/v1/chat/completions", "/v1/models"):
+            assert path in page.text
+        r = tc.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert tc.get("/v1/models").status_code == 401
+        ok = tc.post("/v1/chat/completions", headers={"Authorization": "Bearer s3cret"},
+                     json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True})
+        assert ok.status_code == 200 and ok.text.rstrip().endswith("data: [DONE]")
+        assert "/" not in tc.get("/openapi.json").json()["paths"]  # the page is no API endpoint

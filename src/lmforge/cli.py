@@ -32,6 +32,7 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "data": ("lmforge.verbs.data", {"tasks": "tasks", "instructions": "instructions"},
              "Data tools: `data tasks` writes checkable instruction tasks, `data instructions` open ones to judge"),
     "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
+    "report": ("lmforge.verbs.report", "report", "Render a run folder's report as one self-contained HTML file"),
 }
 
 USAGE = "usage: lmforge <verb> [options]   (lmforge <verb> --help for a verb's options)"

@@ -12,6 +12,7 @@ status code the server answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmforge.errors import LmforgeError
@@ -47,8 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lmforge.serve")
 
-# paths that need no API key (probes and the schema)
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/redoc"})
+# paths that need no API key (probes, the schema, and the chat page, which asks for the key itself)
+PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", "/redoc"})
+# the chat page's own inline script and style, and nothing from elsewhere (it works offline)
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # torch.Generator.manual_seed takes [-2**63, 2**64): any JSON integer seed is reduced modulo 2**64
 SEED_MODULUS = 2**64
 
@@ -329,6 +333,12 @@ def create_app(llm: LLM, engine: Any = None, **settings: Any) -> FastAPI:
     app.state.drain = drain
 
     # -- endpoints ---------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page() -> HTMLResponse:
+        """The chat page: streams from /v1/chat/completions; with an API key set, it asks for it."""
+        return HTMLResponse(_chat_page(), headers={"Content-Security-Policy": PAGE_CSP,
+                                                   "X-Content-Type-Options": "nosniff"})
+
     @app.get("/health", responses=_errors(503))
     async def health() -> dict[str, Any]:
         """Liveness: 200 while the engine thread runs."""
@@ -588,6 +598,14 @@ def usage(ev: Any) -> dict[str, int]:
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+@functools.cache
+def _chat_page() -> str:
+    """The chat page's HTML, shipped as package data (lmforge/serve/static/chat.html)."""
+    from importlib.resources import files
+
+    return files("lmforge.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
 
 def _version() -> str:

@@ -138,18 +138,24 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         distributed.teardown()
 
 
-def _launch(cfg: PretrainConfig) -> dict[str, Any]:
-    """`--devices N`: write the config next to the run and start `lmforge pretrain` under torchrun."""
+def write_config(cfg: PretrainConfig, path: str | Path) -> None:
+    """Write `cfg` as a YAML file that `lmforge pretrain --config FILE` runs again."""
     import yaml
 
     from lmforge._io import atomic_write_text
+
+    spec = cfg.to_dict()
+    spec["train"]["betas"] = list(spec["train"]["betas"])
+    atomic_write_text(Path(path), yaml.safe_dump(spec, sort_keys=False))
+
+
+def _launch(cfg: PretrainConfig) -> dict[str, Any]:
+    """`--devices N`: write the config next to the run and start `lmforge pretrain` under torchrun."""
     from lmforge.training.distributed import launch
 
     out = Path(cfg.out_dir)
     path = out / "launch-config.yaml"
-    spec = cfg.to_dict()
-    spec["train"]["betas"] = list(spec["train"]["betas"])
-    atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
+    write_config(cfg, path)
     launch(["pretrain", "--config", str(path)], cfg.devices)
     return json.loads((out / "summary.json").read_text())
 

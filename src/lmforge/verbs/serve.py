@@ -20,7 +20,8 @@ def serve(
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API with continuous batching.
 
-    Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
+    GET / is a chat page (streams replies, system prompt, temperature, max tokens, stop, regenerate,
+    tokens/s; with an API key set it asks for the key). Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
     POST /predict (LitGPT: {"prompt"} -> {"output"}), GET /health, GET /metrics (Prometheus),
     GET /openapi.json. SIGTERM (or Ctrl-C) shuts down gracefully.
 

@@ -60,3 +60,18 @@ def test_any_file_splits_or_fails_in_one_line(tmp_path_factory, rows):
         assert "\n" not in str(e) and str(path) in str(e)
     else:
         assert len(d.classes) >= 2 and sum(map(len, (d.train, d.val, d.test))) + d.duplicates == len(rows)
+
+
+@pytest.mark.parametrize("limit", [2, 37, 1000])
+def test_limit_keeps_each_class_share(limit):
+    kw = dict(label_key="spam", names={"0": "ham", "1": "spam"})
+    full = load_classification(asset("sms-spam"), **kw)
+    d = load_classification(asset("sms-spam"), limit=limit, **kw)
+    rows = d.train + d.val + d.test
+    assert abs(len(rows) - limit) <= 1 and {lab for _, lab in rows} == {0, 1}  # every class kept
+    share = lambda rs: sum(lab for _, lab in rs) / len(rs)  # noqa: E731
+    if limit >= 1000:
+        assert abs(share(rows) - share(full.train + full.val + full.test)) < 0.01
+    assert d.test == load_classification(asset("sms-spam"), limit=limit, **kw).test  # seeded
+    with pytest.raises(ClassifyDataError, match="limit must be >= 2"):
+        load_classification(asset("sms-spam"), limit=1, **kw)

@@ -63,7 +63,7 @@ def _rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
 def load_classification(path: str | Path, text_key: str = "text", label_key: str = "label",
                         classes: list[str] | None = None, names: dict[str, str] | None = None,
                         balance: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                        seed: int = 0) -> ClassifyData:
+                        seed: int = 0, limit: int | None = None) -> ClassifyData:
     """Read, deduplicate, optionally balance and split a labelled text file.
 
     Args:
@@ -75,8 +75,12 @@ def load_classification(path: str | Path, text_key: str = "text", label_key: str
         balance: down-sample every class to the smallest class's size.
         val_fraction, test_fraction: shares of each class held out.
         seed: shuffling seed.
+        limit: use at most this many texts (after deduplication and balancing), a seeded sample that
+            keeps each class's share.
     """
     path = Path(path)
+    if limit is not None and limit < 2:
+        raise ClassifyDataError(f"limit must be >= 2 (at least one text per class), got {limit}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ClassifyDataError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
                                 "and leave something to train on")
@@ -119,6 +123,9 @@ def load_classification(path: str | Path, text_key: str = "text", label_key: str
     if balance:
         smallest = min(len(v) for v in by_class.values() if v)
         by_class = {i: rng.sample(v, min(len(v), smallest)) for i, v in by_class.items()}
+    total = sum(len(v) for v in by_class.values())
+    if limit is not None and limit < total:  # each class keeps its share (and at least one text)
+        by_class = {i: rng.sample(v, max(1, round(len(v) * limit / total)) if v else []) for i, v in by_class.items()}
     train, val, test = [], [], []
     for i, texts in by_class.items():
         texts = list(texts)

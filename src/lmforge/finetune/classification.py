@@ -58,8 +58,12 @@ class ClassifyDataArgs:
     """Cut texts longer than max_length (to their first max_length tokens) instead of refusing them."""
     seed: int = 0
     """Seed of the split."""
+    limit: int | None = None
+    """Use at most this many texts (a seeded sample keeping each class's share); default: all."""
 
     def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 2:
+            raise TrainConfigError(f"data.limit must be >= 2, got {self.limit}")
         if self.max_length is not None and self.max_length < 1:
             raise TrainConfigError(f"data.max_length must be >= 1, got {self.max_length}")
 
@@ -254,7 +258,7 @@ def _run(cfg: ClassifyConfig, info: Any) -> dict[str, Any]:
     main = info.is_main
     # ---- everything the user can get wrong, checked before any training ----
     data = load_classification(common.local_path(d.file), d.text_key, d.label_key, d.classes, d.names, d.balance,
-                               d.val_fraction, d.test_fraction, d.seed)
+                               d.val_fraction, d.test_fraction, d.seed, d.limit)
     if main:
         print(f"data: {data.summary()}", flush=True)
     if not data.train:

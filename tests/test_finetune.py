@@ -100,6 +100,7 @@ def test_classifier_learns_and_its_checkpoint_serves_every_way(tiny_ckpt, spam_l
     assert s["test"]["accuracy"] > 0.95
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["per_class"]) == {"ham", "spam"} and report["sizes"] == {"train": 280, "val": 40, "test": 80}
+    assert report["accuracy_before"] < 0.9  # the untrained head, on the same test texts
     assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
     final = tmp_path / "run" / "final"
     llm = LLM.load(final, device="cpu")

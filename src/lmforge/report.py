@@ -191,8 +191,7 @@ def recipe_stage(run_dir: str | Path, name: str | None = None) -> dict[str, Any]
                         "after": summary.get("val_loss"), "unit": "nats"})
     if "accuracy" in test:  # finetune classify
         kind = "finetune classify"
-        before = test.get("before") if isinstance(test.get("before"), dict) else {}
-        metrics.append({"name": "test accuracy", "before": _percent(before.get("accuracy")),
+        metrics.append({"name": "test accuracy", "before": _percent(test.get("accuracy_before")),
                         "after": _percent(test["accuracy"]), "unit": "%"})
         per_class = test.get("per_class") or {}
         tables.append({"title": "per class (test)", "columns": ["class", "precision", "recall", "F1", "support"],

@@ -338,6 +338,20 @@ def _run(cfg: ClassifyConfig, info: Any) -> dict[str, Any]:
             print(f"val accuracy {correct / n:.4f} ({int(correct)}/{int(n)})", flush=True)
         return loss / n
 
+    def test_predictions(m: torch.nn.Module) -> list[int]:
+        m.eval()
+        m.to(info.device)
+        if not rows["test"]:
+            return []
+        if cached:
+            with torch.no_grad():
+                return m(feats["test"].to(info.device)).float().argmax(-1).tolist()
+        return predict(m, rows["test"], pad, pad_side=cfg.pad_side).argmax(-1).tolist()
+
+    # the test accuracy of the untrained head (a fresh run only): the "before" of the report
+    before = metrics(labels["test"], test_predictions(trained), data.classes)["accuracy"] \
+        if main and resume is None and rows["test"] else None
+    trained.train()
     mean_len = sum(map(len, rows["train"])) / len(rows["train"])
     summary = train_loop(
         trained, batches, classify_loss, save_model, seq_len=max(1, round(mean_len)),
@@ -346,14 +360,8 @@ def _run(cfg: ClassifyConfig, info: Any) -> dict[str, Any]:
 
     # ---- the test report (rank 0), from the trained in-memory model ----
     if main:
-        trained.eval()
-        trained.to(info.device)
-        if cached:
-            logits = trained(feats["test"].to(info.device)).float().cpu() if rows["test"] else torch.zeros(0, C)
-        else:
-            logits = predict(trained, rows["test"], pad, pad_side=cfg.pad_side) if rows["test"] else torch.zeros(0, C)
-        report = metrics(labels["test"], logits.argmax(-1).tolist(), data.classes)
-        report.update(classes=data.classes, sizes={s: len(rows[s]) for s in rows}, duplicates=data.duplicates,
+        report = metrics(labels["test"], test_predictions(trained), data.classes)
+        report.update(accuracy_before=before, classes=data.classes, sizes={s: len(rows[s]) for s in rows}, duplicates=data.duplicates,
                       method=cfg.method.name, seconds=round(time.perf_counter() - t0, 1),
                       train_seconds=summary["seconds"])
         out = Path(cfg.out_dir)
@@ -368,7 +376,9 @@ def _run(cfg: ClassifyConfig, info: Any) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"test accuracy {100 * report['accuracy']:.2f}% on {report['sizes']['test']} texts "
+    was = report.get("accuracy_before")
+    lines = [f"test accuracy {'' if was is None else f'{100 * was:.2f}% (untrained head) -> '}"
+             f"{100 * report['accuracy']:.2f}% on {report['sizes']['test']} texts "
              f"(train {report['sizes']['train']}, val {report['sizes']['val']}) in {report['seconds']:.0f}s"]
     for name, m in report["per_class"].items():
         lines.append(f"  {name:>12}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  f1 {m['f1']:.3f}"

@@ -169,6 +169,7 @@ def test_sft_lora_writes_merged_model_and_peft_adapter(tiny_ckpt, tmp_path):
     s = sft(sft_cfg(tiny_ckpt, tmp_path / "run", train={"lr": 3e-2}))
     assert s["val_loss"] < s["initial_val_loss"]
     assert {"before", "after"} <= set(s["exact_match"]) and len(s["exact_match"]["after"]) >= 13
+    assert (tmp_path / "run" / "exact_match.png").stat().st_size > 1000  # the per-family chart
     final = tmp_path / "run" / "final"
     assert (final / "adapter" / "adapter_config.json").is_file() and (final / "adapter" / "adapter_model.safetensors").is_file()
     merged = LLM.load(final, device="cpu", dtype="float32").model

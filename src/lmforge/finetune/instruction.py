@@ -271,6 +271,7 @@ def _run(cfg: SFTConfig, info: Any) -> dict[str, Any]:
             print(f"exact match after training: {_fmt(after)} ({time.perf_counter() - ta:.0f}s)", flush=True)
             if "before" in report:
                 print(format_report(report), flush=True)
+            draw_exact_match(report, out / "exact_match.png", f"{config.name}: exact match per family (test)")
             (out / "predictions.jsonl").write_text("".join(
                 json.dumps({"prompt": _prompt_text(r), "answer": answer(r), "prediction": p,
                             "family": r.get("family")}) + "\n" for r, p in zip(test_recs, preds)))
@@ -280,6 +281,18 @@ def _run(cfg: SFTConfig, info: Any) -> dict[str, Any]:
         summary["exact_match"] = report
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def draw_exact_match(report: dict[str, Any], path: Path, title: str) -> None:
+    """Bars of exact match per family (and overall), before and after training when both are known."""
+    from lmforge.plots import bar_chart
+
+    after = report["after"]
+    families = sorted(k for k in after if k != "overall") + ["overall"]
+    series = {"after": [(100 * after.get(f, 0.0), None) for f in families]}
+    if "before" in report:
+        series = {"before": [(100 * report["before"].get(f, 0.0), None) for f in families], **series}
+    bar_chart(path, families, series, title, ylabel="exact match (%)")
 
 
 def _prompt_text(rec: dict) -> str:

@@ -1,0 +1,33 @@
+"""Charts the recipes and reports share (matplotlib, imported when a chart is drawn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def bar_chart(path: str | Path, labels: list[str], series: dict[str, list[tuple[float, float | None]]], title: str,
+              ylabel: str | None = None) -> Path:
+    """Grouped bars into the PNG `path`: one group per label, one bar per series (value, stderr as an
+    error bar, or None)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) * max(1, len(series)) ** 0.5), 4.0))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, [v for v, _ in values], width, yerr=[se or 0.0 for _, se in values], capsize=3, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_title(title)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

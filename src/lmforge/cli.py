@@ -64,6 +64,21 @@ def _normalize_flag(arg: str) -> str:
     return "--" + name[2:].replace("-", "_") + eq + value
 
 
+def _bare_bools(fn: Callable | dict, args: list[str]) -> list[str]:
+    """`--full` alone (last, or before another flag) -> `--full true`, for the verb's bool options."""
+    import inspect
+
+    if isinstance(fn, dict):
+        return args
+    bools = {f"--{name}" for name, p in inspect.signature(fn).parameters.items() if p.annotation in (bool, "bool")}
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a in bools and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
 def run(argv: list[str]) -> object:
     """Run one verb with its arguments; bad flags or --config files raise `LmforgeError` (one line)."""
     fn, kwargs = parse(argv)
@@ -81,6 +96,7 @@ def parse(argv: list[str]) -> tuple[Callable, dict[str, object]]:
 
     verb, rest = argv[0], [_normalize_flag(a) for a in argv[1:]]
     fn = _resolve(verb)
+    rest = _bare_bools(fn, rest)
     rest, configs = _config_files(rest)
     # an error in the options may come from a config file: say which files were read
     where = f" (with --config {', '.join(configs)})" if configs else ""

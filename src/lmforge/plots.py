@@ -31,3 +31,28 @@ def bar_chart(path: str | Path, labels: list[str], series: dict[str, list[tuple[
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def histogram(path: str | Path, series: dict[str, list[float]], title: str, bins: int | list[float] = 10,
+              xlabel: str | None = None) -> Path:
+    """Overlaid histograms of each series' values into the PNG `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{name} ({len(values)})")
+    ax.set_title(title)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    if series:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

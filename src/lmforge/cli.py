@@ -73,6 +73,22 @@ def _split_default(verb: str, rest: list[str]) -> tuple[str, list[str]]:
     return verb, rest
 
 
+def _gather_words(fn: object, rest: list[str]) -> list[str]:
+    """`compare a.json b.json --out x` -> `compare '["a.json", "b.json"]' --out x` when the function's
+    first parameter is a required `list[str]`: jsonargparse takes one word per positional."""
+    if isinstance(fn, dict):
+        return rest
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].default is not inspect.Parameter.empty or params[0].annotation not in ("list[str]", list[str]):
+        return rest
+    n = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))
+    if n == 0:
+        return rest
+    import json
+
+    return [json.dumps(rest[:n]), *rest[n:]]
+
+
 def _normalize_flag(arg: str) -> str:
     """`--max-new-tokens=5` -> `--max_new_tokens=5`: both spellings work, as in most CLIs."""
     if not arg.startswith("--"):
@@ -99,6 +115,7 @@ def parse(argv: list[str]) -> tuple[Callable, dict[str, object]]:
     key, rest = _split_default(argv[0], [_normalize_flag(a) for a in argv[1:]])
     fn = _resolve(key)
     verb = key.rstrip()
+    rest = _gather_words(fn, rest)
     rest, configs = _config_files(rest)
     # an error in the options may come from a config file: say which files were read
     where = f" (with --config {', '.join(configs)})" if configs else ""

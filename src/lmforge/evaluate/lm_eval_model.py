@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lm_eval.models  # noqa: F401 - lm-eval's own names first: it fills an empty registry only
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
@@ -136,6 +137,29 @@ def write_mmlu_task(folder: str | Path, data_file: str | Path, name: str = "mmlu
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(task, sort_keys=False, allow_unicode=True))
     return out
+
+
+def run_lm_eval(model: str, model_args: str, include_path: str | Path, task: str,
+                batch_size: int = 1, device: str = "cpu") -> tuple[list[dict[str, Any]], float]:
+    """Run one local lm-eval task offline (no hub) through `lm_eval.simple_evaluate`.
+
+    Returns:
+        (per document in order: {"doc_id", "resps": [each request's result]}, seconds it took).
+    """
+    import os
+    import time
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[task], batch_size=batch_size, device=device,
+                                  task_manager=TaskManager(include_path=str(include_path)), log_samples=True)
+    seconds = time.perf_counter() - t0
+    samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    return [{"doc_id": s["doc_id"], "resps": [r[0] for r in s["resps"]]} for s in samples], seconds
 
 
 def main() -> None:

@@ -143,7 +143,8 @@ def _score_batch(model: GPT, contexts: list[tuple[int, ...]], pairs: list[tuple[
     long_conts = any(len(cont) > 1 for _, cont in pairs)
     cache = None
     if shared or long_conts:
-        length = max(len(c) + len(cont) for c, cont in pairs)
+        # padded rows write past their own end: room for the longest context + the longest continuation
+        length = max(len(c) for c in contexts) + max(len(cont) for _, cont in pairs)
         cache = model.new_kv_cache(len(contexts), length)
     if shared:
         one = model.new_kv_cache(1, shared)

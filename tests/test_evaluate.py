@@ -328,3 +328,35 @@ def test_lm_eval_adapter_rolling_and_generation_equal_the_hf_backend(tiny, tmp_p
             assert [float(d["resps"][0]) for d in ours] == pytest.approx([float(d["resps"][0]) for d in theirs], abs=1e-3)
         else:
             assert [d["resps"] for d in ours] == [d["resps"] for d in theirs]
+
+
+@pytest.mark.slow
+def test_smollm2_mmlu_200_agrees_with_lm_eval_item_for_item(tmp_path):
+    """SmolLM2-135M-Instruct on the same 200 MMLU items (a seeded subsample of the asset, MMLU's
+    letter prompt): `lmforge evaluate` == lm-eval's `hf` backend on our `--to hf` export, item for
+    item (at most 1 differing item, from near ties), and lm-eval through our adapter == both."""
+    pytest.importorskip("lm_eval")
+    from lmforge.api import LLM
+    from lmforge.conversion import convert_source
+    from lmforge.evaluate.lm_eval_model import run_lm_eval, write_mmlu_task
+    from lmforge.evaluate.multiple_choice import evaluate_items, is_header_row, select
+
+    gguf = str(asset("smollm2-135m-instruct"))
+    lines = [ln for ln in Path(asset("mmlu")).read_text().splitlines() if not is_header_row(json.loads(ln))]
+    data = tmp_path / "mmlu200.jsonl"
+    data.write_text("".join(lines[i] + "\n" for i in select(len(lines), None, 200, seed=0)))
+    write_mmlu_task(tmp_path / "tasks", data, "mmlu200")
+    convert_source(gguf, str(tmp_path / "hf"), to="hf")
+
+    res = evaluate_items(LLM.load(gguf), read_items(data), EvalConfig(gguf, data=str(data)), "mmlu")
+    ours = [p["pred"] for p in res["items"]]
+
+    def letters(docs):
+        return [max(range(4), key=lambda i, d=d: float(d["resps"][i][0])) for d in docs]
+
+    hf = letters(run_lm_eval("hf", f"pretrained={tmp_path / 'hf'},dtype=float32", tmp_path / "tasks", "mmlu200",
+                             batch_size=32)[0])
+    adapter = letters(run_lm_eval("lmforge", f"source={gguf}", tmp_path / "tasks", "mmlu200", batch_size=32)[0])
+    assert len(ours) == len(hf) == len(adapter) == 200
+    assert sum(a != b for a, b in zip(ours, hf)) <= 1
+    assert sum(a != b for a, b in zip(adapter, hf)) <= 1 and sum(a != b for a, b in zip(adapter, ours)) <= 1

@@ -9,4 +9,4 @@ from __future__ import annotations
 from lmforge.evaluate.config import EvalConfig
 from lmforge.evaluate.run import TASKS, evaluate
 
-__all__ = ["EvalConfig", "TASKS", "evaluate"]
+__all__ = ["TASKS", "EvalConfig", "evaluate"]

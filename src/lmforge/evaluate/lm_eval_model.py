@@ -144,7 +144,8 @@ def run_lm_eval(model: str, model_args: str, include_path: str | Path, task: str
     """Run one local lm-eval task offline (no hub) through `lm_eval.simple_evaluate`.
 
     Returns:
-        (per document in order: {"doc_id", "resps": [each request's result]}, seconds it took).
+        (per document in order: {"doc_id", "resps": [each request's result]}, the seconds spent in
+        the model's loglikelihood / loglikelihood_rolling / generate_until calls).
     """
     import os
     import time
@@ -152,14 +153,27 @@ def run_lm_eval(model: str, model_args: str, include_path: str | Path, task: str
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     import lm_eval
+    from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    t0 = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[task], batch_size=batch_size, device=device,
-                                  task_manager=TaskManager(include_path=str(include_path)), log_samples=True)
-    seconds = time.perf_counter() - t0
+    lm = get_model(model).create_from_arg_string(model_args, {"batch_size": batch_size, "device": device})
+    spent = [0.0]
+
+    def timed(method):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return call
+
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, name, timed(getattr(lm, name)))
+    out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(include_path)),
+                                  log_samples=True)
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-    return [{"doc_id": s["doc_id"], "resps": [r[0] for r in s["resps"]]} for s in samples], seconds
+    return [{"doc_id": s["doc_id"], "resps": [r[0] for r in s["resps"]]} for s in samples], spent[0]
 
 
 def main() -> None:

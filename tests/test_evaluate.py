@@ -115,7 +115,7 @@ def test_item_shapes_mmlu_generic_arc_hellaswag():
 
 def test_malformed_jsonl_line_is_named(tmp_path):
     f = _write(tmp_path / "q.jsonl", [json.dumps(MMLU_LINE), json.dumps(MMLU_LINE), '{"question": "x",'])
-    with pytest.raises(LmforgeError, match=r"q\.jsonl:3: not valid JSON"):
+    with pytest.raises(LmforgeError, match=r"q\.jsonl:3: malformed JSON"):
         read_items(f)
 
 
@@ -247,7 +247,7 @@ def test_cli_writes_table_json_and_chart_and_compare(tiny, mmlu12, tmp_path, cap
     cli.main(["evaluate", "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "c.png")])
     table = capsys.readouterr().out
     assert "mmlu/acc" in table and "mmlu/acc_norm" in table and (tmp_path / "c.png").is_file()
-    with pytest.raises(SystemExit, match=r"nope\.json: cannot read"):
+    with pytest.raises(SystemExit, match=r"nope\.json: file not found"):
         cli.main(["evaluate", "compare", str(tmp_path / "a.json"), str(tmp_path / "nope.json")])
 
 

@@ -6,7 +6,6 @@ by their JSON files; a column after the first also shows its change from the fir
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,9 @@ from lmforge.errors import LmforgeError
 
 def read_report(path: str | Path) -> dict[str, Any]:
     """A run's JSON (what `evaluate` writes), or a one-line error naming the file."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise LmforgeError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LmforgeError(f"{path}: not JSON (expected what `lmforge evaluate` writes)") from None
+    from lmforge._io import read_json
+
+    report = read_json(Path(path), LmforgeError)
     if not isinstance(report, dict) or not isinstance(report.get("results"), dict):
         raise LmforgeError(f"{path}: no 'results' (expected what `lmforge evaluate` writes)")
     return report

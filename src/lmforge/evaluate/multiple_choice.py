@@ -18,7 +18,6 @@ k shots (solved examples, answer filled in, "\\n\\n" apart) go between the heade
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import string
@@ -94,22 +93,11 @@ def parse_item(record: Any, where: str) -> Item:
 def read_items(path: str | Path) -> list[Item]:
     """The questions of a JSONL file; a malformed line or a choice count unlike the first item's
     is one error naming the line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise LmforgeError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise LmforgeError(f"{path}: not UTF-8 text (expected JSONL, one question per line)") from None
+    from lmforge._io import jsonl_objects, read_text
+
     items: list[Item] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, record in jsonl_objects(read_text(Path(path), LmforgeError).splitlines(), path, LmforgeError):
         where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmforgeError(f"{where}: not valid JSON ({e.msg})") from None
         if is_header_row(record):
             continue
         item = parse_item(record, where)

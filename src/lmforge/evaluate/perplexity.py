@@ -12,7 +12,6 @@ scored, each with up to `window - 1` tokens of context (`stride == window`: disj
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,8 @@ def windows(tokens: Sequence[int], prefix: int, window: int, stride: int) -> lis
 def read_documents(path: str | Path, text_key: str = "text") -> list[str] | list[int]:
     """Texts of a .txt file, a directory of them, or a JSONL file; for a prepared dir (with
     manifest.json), its val split's token stream (train when there is no val)."""
+    from lmforge._io import jsonl_objects, read_text
+
     path = Path(path)
     if (path / "manifest.json").is_file():
         from lmforge.data.loader import TokenData, read_manifest
@@ -55,23 +56,12 @@ def read_documents(path: str | Path, text_key: str = "text") -> list[str] | list
         raise LmforgeError(f"{path}: no .txt or .jsonl files here")
     docs: list[str] = []
     for f in files:
-        try:
-            text = f.read_text(encoding="utf-8")
-        except OSError as e:
-            raise LmforgeError(f"{f}: cannot read ({e.strerror})") from None
-        except UnicodeDecodeError:
-            raise LmforgeError(f"{f}: not UTF-8 text") from None
+        text = read_text(f, LmforgeError)
         if f.suffix != ".jsonl":
             docs.append(text)
             continue
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{f}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+        for n, record in jsonl_objects(text.splitlines(), f, LmforgeError):
+            if not isinstance(record.get(text_key), str):
                 raise LmforgeError(f"{f}:{n}: no string field {text_key!r} (set --text_key)")
             docs.append(record[text_key])
     docs = [d for d in docs if d]

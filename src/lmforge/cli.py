@@ -14,7 +14,9 @@ import os
 import sys
 from collections.abc import Callable
 
-# verb -> (module, function or {subverb: function}, one-line summary)
+# verb -> (module, function or {subverb: function}, one-line summary); a subverb "" is the verb's
+# own function, run when the next word names no subverb (`lmforge evaluate SOURCE` besides
+# `lmforge evaluate compare …`)
 VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "models": ("lmforge.verbs.models", "models", "List the named model configs with parameter counts"),
     "download": ("lmforge.verbs.download", "download", "Download an HF hub checkpoint and convert it"),
@@ -31,6 +33,8 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "classify": ("lmforge.verbs.classify", "classify", "Classify texts with a `finetune classify` checkpoint"),
     "data": ("lmforge.verbs.data", {"tasks": "tasks", "instructions": "instructions"},
              "Data tools: `data tasks` writes checkable instruction tasks, `data instructions` open ones to judge"),
+    "evaluate": ("lmforge.verbs.evaluate", {"": "evaluate", "compare": "compare", "pairwise": "pairwise"},
+                 "Evaluate a model (MMLU, perplexity, …); `evaluate compare` puts runs side by side"),
     "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
     "report": ("lmforge.verbs.report", "report", "Render a run folder's report as one self-contained HTML file"),
 }
@@ -49,11 +53,42 @@ def _print_help() -> None:
 
 
 def _resolve(verb: str):
-    module_name, target, _ = VERBS[verb]
+    """The function of `verb` ("evaluate compare", "evaluate " for its own), or {subverb: function}."""
+    name, split, sub = verb.partition(" ")
+    module_name, target, _ = VERBS[name]
     module = importlib.import_module(module_name)
+    if split:
+        return getattr(module, target[sub])
     if isinstance(target, dict):
         return {sub: getattr(module, fn) for sub, fn in target.items()}
     return getattr(module, target)
+
+
+def _split_default(verb: str, rest: list[str]) -> tuple[str, list[str]]:
+    """(the verb as the parser sees it, its arguments): `evaluate compare a b` -> ("evaluate compare",
+    [a, b]) for a verb whose "" subverb is its own function; other verbs unchanged."""
+    target = VERBS[verb.split()[0]][1]
+    if isinstance(target, dict) and "" in target:
+        if rest and rest[0] in target:
+            return f"{verb} {rest[0]}", rest[1:]
+        return f"{verb} ", rest
+    return verb, rest
+
+
+def _gather_words(fn: object, rest: list[str]) -> list[str]:
+    """`compare a.json b.json --out x` -> `compare '["a.json", "b.json"]' --out x` when the function's
+    first parameter is a required `list[str]`: jsonargparse takes one word per positional."""
+    if isinstance(fn, dict):
+        return rest
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].default is not inspect.Parameter.empty or params[0].annotation not in ("list[str]", list[str]):
+        return rest
+    n = next((i for i, a in enumerate(rest) if a.startswith("-")), len(rest))
+    if n == 0:
+        return rest
+    import json
+
+    return [json.dumps(rest[:n]), *rest[n:]]
 
 
 def _normalize_flag(arg: str) -> str:
@@ -94,13 +129,14 @@ def parse(argv: list[str]) -> tuple[Callable, dict[str, object]]:
 
     from lmforge.errors import LmforgeError
 
-    verb, rest = argv[0], [_normalize_flag(a) for a in argv[1:]]
-    fn = _resolve(verb)
-    rest = _bare_bools(fn, rest)
+    key, rest = _split_default(argv[0], [_normalize_flag(a) for a in argv[1:]])
+    fn = _resolve(key)
+    verb = key.rstrip()
+    rest = _bare_bools(fn, _gather_words(fn, rest))
     rest, configs = _config_files(rest)
     # an error in the options may come from a config file: say which files were read
     where = f" (with --config {', '.join(configs)})" if configs else ""
-    parser = verb_parser(verb)
+    parser = verb_parser(key)
     try:
         cfg = parser.parse_args(rest)
         _check_groups(parser, cfg)
@@ -126,7 +162,7 @@ def verb_parser(verb: str) -> object:
     # field docstrings (`"""Peak learning rate."""` under a dataclass field) are --help text
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     fn = _resolve(verb)
-    prog = f"lmforge {verb}"
+    prog = f"lmforge {verb}".rstrip()
     if isinstance(fn, dict):  # subverbs
         return auto_parser(fn, as_positional=True, prog=prog, exit_on_error=False)
     flat = flat_params(fn)

@@ -173,7 +173,7 @@ def test_config_checks_every_field_on_one_line(limit, subsample, batch, shots, t
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "hellaswag"], "error: unknown task 'hellaswag': choose from mmlu, mc, perplexity"),
+    (["--task", "hellaswag"], "error: unknown task 'hellaswag': choose from mmlu, mc, perplexity, generation, judge"),
     (["--limit", "0"], "error: --limit must be at least 1, got 0"),
     (["--subsample", "0"], "error: --subsample must be at least 1, got 0"),
 ])

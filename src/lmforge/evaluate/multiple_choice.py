@@ -199,7 +199,7 @@ def metrics_of(preds: list[dict[str, Any]], scoring: str) -> tuple[dict[str, Any
         if len(topics) > 1:
             # the mean of per-topic means; its error from theirs (independent topics)
             macro = sum(v for v, _ in per_topic.values()) / len(topics)
-            macro_se = math.sqrt(sum(s * s for _, s in per_topic.values())) / len(topics)
+            macro_se = math.sqrt(sum((s or 0.0) ** 2 for _, s in per_topic.values())) / len(topics)  # (one-item topics: 0)
             metrics[f"{name}_macro"] = {"value": macro, "stderr": macro_se}
     return metrics, breakdown
 

@@ -28,8 +28,10 @@ VERBS: dict[str, tuple[str, str | dict[str, str], str]] = {
     "pretrain": ("lmforge.verbs.pretrain", "pretrain", "Pretrain (or continue training) a model"),
     "finetune": ("lmforge.verbs.finetune", {"classify": "classify", "sft": "sft"},
                  "Finetune a model: `finetune classify` (a classifier head) or `finetune sft` (instructions)"),
+    "align": ("lmforge.verbs.align", "align", "Preference-tune a model: DPO, IPO, SimPO, ORPO or KTO"),
     "classify": ("lmforge.verbs.classify", "classify", "Classify texts with a `finetune classify` checkpoint"),
-    "data": ("lmforge.verbs.data", {"tasks": "tasks"}, "Data tools: `data tasks` writes checkable instruction tasks"),
+    "data": ("lmforge.verbs.data", {"tasks": "tasks", "pairs": "pairs"},
+             "Data tools: `data tasks` writes checkable instruction tasks, `data pairs` preference pairs"),
     "demo": ("lmforge.verbs.demo", "demo", "Run the embedded end-to-end demo"),
 }
 

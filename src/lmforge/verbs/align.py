@@ -53,6 +53,7 @@ def align(
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """
+    cfg = AlignConfig(**locals())
     from lmforge.align import align as run
 
-    run(AlignConfig(**locals()))
+    run(cfg)

@@ -10,14 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import asset, tiny_gpt
-from hypothesis import HealthCheck, given, settings
+from helpers import tiny_gpt
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_finetune import _cli_error, train_losses
+from test_finetune import one_thread, tiny_ckpt, tok  # noqa: F401 - the shared fixtures
 
 from lmforge.align import align, losses
 from lmforge.align.recipe import AlignConfig
@@ -26,31 +26,6 @@ from lmforge.data.pairs import EncodedRecord, PairsDataError, check_record, coll
 from lmforge.lora import LoRASettings, apply_lora
 
 QUIET = {"interval": 1, "tensorboard": False, "plot": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from lmforge.tokenizer import Tokenizer
-
-    return Tokenizer.from_gguf(asset("smollm2-135m-instruct"))
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tok, tmp_path_factory) -> Path:
-    from lmforge.checkpoint import save_checkpoint
-
-    model = tiny_gpt("llama-gqa", vocab_size=tok.vocab_size, block_size=128, std=0.02, n_embd=32, n_head=4)
-    out = tmp_path_factory.mktemp("tiny_ckpt")
-    save_checkpoint(out, model, model.config, tok)
-    return out
 
 
 def align_cfg(init, out, method="dpo", name="lora", **kw) -> AlignConfig:

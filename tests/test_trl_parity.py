@@ -18,9 +18,9 @@ trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-from lmforge.align import losses as L  # noqa: E402
-from lmforge.align.reference import sequence_logps  # noqa: E402
-from lmforge.data.pairs import EncodedRecord, collate_pairs, collate_rows, collate_unpaired  # noqa: E402
+from lmforge.align import losses as L
+from lmforge.align.reference import sequence_logps
+from lmforge.data.pairs import EncodedRecord, collate_pairs, collate_rows, collate_unpaired
 
 VOCAB, BETA, TOL = 64, 0.3, 1e-5
 
@@ -29,7 +29,8 @@ VOCAB, BETA, TOL = 64, 0.3, 1e-5
 def models(tmp_path_factory):
     """(HF LlamaForCausalLM, our GPT of the same weights, an HF reference model that differs from it and
     our copy of that, a word-level HF tokenizer)."""
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tm
 
     from lmforge.convert.hf import load_hf_checkpoint
     from lmforge.model import GPT

@@ -27,7 +27,6 @@ def completion_logits(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor
 
     Only those rows go through the output head (the prompt's and padding's hidden states are never
     projected onto the vocabulary): for short answers that is a few percent of the positions."""
-    import torch
     import torch.nn.functional as F
     from torch import nn
 

@@ -24,7 +24,7 @@ def align(
     loss: LossArgs = LossArgs(),
     reference: str = "auto",
     train: TrainArgs = TrainArgs(),
-    eval: EvalArgs = EvalArgs(),  # noqa: A002 - the YAML key
+    eval: EvalArgs = EvalArgs(),
     log: LogArgs = LogArgs(),
     device: str = "auto",
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",

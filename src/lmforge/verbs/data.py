@@ -22,8 +22,10 @@ def tasks(out: str = "data/tasks", n_train: int = 2000, n_test: int = 300, seed:
 def pairs(out: str = "data/pairs", from_tasks: bool = True, n_train: int = 2000, n_test: int = 300,
           seed: int = 0, sample_url: str | None = None, model: str = "", judge_url: str | None = None,
           judge_model: str | None = None, n_prompts: int = 20) -> None:
-    """Write preference pairs: from the checkable tasks (chosen: the checked answer, rejected: a
-    plausible wrong one), or by sampling a served model twice and letting a judge rank the samples.
+    """Write preference pairs from the checkable tasks, or from a served model's samples ranked by a judge.
+
+    From the tasks: chosen is the checked answer, rejected a plausible wrong one. With --sample_url:
+    each prompt is sampled twice and the judge's preferred sample is chosen.
 
     Args:
         out: the output directory (train.jsonl and test.jsonl; with --sample_url, judged.jsonl).

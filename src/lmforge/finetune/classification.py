@@ -225,7 +225,7 @@ def classify(cfg: ClassifyConfig) -> dict[str, Any]:
     """Finetune a classifier as `cfg` says; returns the summary (with the test report)."""
     from lmforge.finetune.common import run
 
-    return run(cfg, "classify", _run)
+    return run(cfg, "finetune classify", _run)
 
 
 def _head_model(head: torch.nn.Module) -> torch.nn.Module:

@@ -233,7 +233,8 @@ def read_classes(path: str | Path) -> list[str] | None:
 # the run
 # ---------------------------------------------------------------------------------------------
 def run(cfg: FinetuneArgs, verb: str, body: Callable[[FinetuneArgs, Any], dict[str, Any]]) -> dict[str, Any]:
-    """`body(cfg, info)` in a process group (torchrun relaunch with `devices > 1`); its summary."""
+    """`body(cfg, info)` in a process group (torchrun relaunch with `devices > 1`); its summary.
+    `verb`: the CLI words that rerun the recipe (`finetune sft`, `align`)."""
     from lmforge.training.distributed import in_distributed_env
 
     if cfg.devices > 1 and not in_distributed_env():
@@ -245,7 +246,7 @@ def run(cfg: FinetuneArgs, verb: str, body: Callable[[FinetuneArgs, Any], dict[s
         out = Path(cfg.out_dir)
         path = out / "launch-config.yaml"
         atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        launch(["finetune", verb, "--config", str(path)], cfg.devices)
+        launch([*verb.split(), "--config", str(path)], cfg.devices)
         return json.loads((out / "summary.json").read_text())
     from lmforge.checkpoint import resolve_device
     from lmforge.training import distributed

@@ -91,7 +91,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     """Instruction-finetune as `cfg` says; returns the summary (with the exact-match report)."""
     from lmforge.finetune.common import run
 
-    return run(cfg, "sft", _run)
+    return run(cfg, "finetune sft", _run)
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:

@@ -46,10 +46,14 @@ __all__ = ["Hooks", "train_loop"]
 class Hooks:
     """What a recipe adds to the loop (each optional)."""
 
-    evaluate: Callable[[torch.nn.Module, contextlib.AbstractContextManager], float | None] | None = None
-    """`(model, autocast) -> val loss` (None: no val data). Called on every process (a collective under DDP/FSDP)."""
+    evaluate: Callable[[torch.nn.Module, contextlib.AbstractContextManager],
+                       float | tuple[float, dict[str, float | None]] | None] | None = None
+    """`(model, autocast) -> val loss` (None: no val data), or `(val loss, {metric: value})` whose
+    metrics are printed and logged with it. Called on every process (a collective under DDP/FSDP)."""
     sample: Callable[[dict[str, torch.Tensor], int], str | None] | None = None
     """`(full state dict, step) -> text` after each checkpoint, on rank 0: printed and logged."""
+    columns: tuple[str, ...] = ()
+    """log.csv columns besides the loop's own: the metrics the loss function and `evaluate` report."""
 
 
 def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
@@ -126,7 +130,8 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
     out.mkdir(parents=True, exist_ok=True)
     if main:
         remove_partials(out)
-    runlog = RunLog(out, log.tensorboard, log.plot, resume_step=step if state else None) if main else None
+    runlog = RunLog(out, log.tensorboard, log.plot, resume_step=step if state else None,
+                    columns=hooks.columns) if main else None
     peak = measured_peak_flops(device, torch.bfloat16 if bf16 else torch.float32) * W
     if main:
         print(f"{title} on {W} x {device.type}, {'bf16-mixed' if bf16 else 'fp32'}{', ' + strategy if W > 1 else ''}"
@@ -134,13 +139,22 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
               f"{W} proc x {accum} accum x {b} micro"
               + (f" | resuming from step {step} ({resume})" if state else ""), flush=True)
 
+    val_metrics: dict[str, float | None] = {}
+
     def evaluate() -> float | None:
-        return hooks.evaluate(model, autocast) if hooks.evaluate is not None else None
+        result = hooks.evaluate(model, autocast) if hooks.evaluate is not None else None
+        if isinstance(result, tuple):
+            result, more = result
+            val_metrics.clear()
+            val_metrics.update(more)
+        return result
 
     def log_val(step: int, tokens: int, loss: float, elapsed: float, note: str = "") -> None:
         ppl = math.exp(min(loss, 50))
-        print(f"step {step}: val loss {loss:.4f} (ppl {ppl:.1f}){note}", flush=True)
-        runlog.log({"step": step, "tokens": tokens, "val_loss": loss, "val_ppl": ppl, "elapsed_s": elapsed})
+        print(f"step {step}: val loss {loss:.4f} (ppl {ppl:.1f})"
+              + "".join(f" | {k} {v:.4g}" for k, v in val_metrics.items() if v is not None) + note, flush=True)
+        runlog.log({"step": step, "tokens": tokens, "val_loss": loss, "val_ppl": ppl, "elapsed_s": elapsed,
+                    **val_metrics})
 
     def checkpoint(step: int, tokens: int, elapsed: float) -> None:
         msd, osd = distributed.full_state_dicts(model, optimizer)  # collective under FSDP

@@ -105,8 +105,10 @@ class RunLog:
     so the CSV of a resumed run reads like an uninterrupted one.
     """
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True, plot: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, out_dir: Path, tensorboard: bool = True, plot: bool = True, resume_step: int | None = None,
+                 columns: tuple[str, ...] = ()) -> None:
         self.out_dir = out_dir
+        self.fields = CSV_FIELDS + [c for c in columns if c not in CSV_FIELDS]  # a recipe's metrics after ours
         self.csv_path = out_dir / "log.csv"
         self.plot_path = out_dir / "loss.png"
         self.rows: list[dict[str, Any]] = []
@@ -124,19 +126,19 @@ class RunLog:
     def _write_csv(self) -> None:
         def write(p: Path) -> None:
             with open(p, "w", newline="") as f:
-                w = csv.DictWriter(f, CSV_FIELDS)
+                w = csv.DictWriter(f, self.fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(self.rows)
 
         atomic_write(self.csv_path, write)
 
     def log(self, row: dict[str, Any]) -> None:
-        """One CSV row (the CSV_FIELDS); TensorBoard also gets a recipe's extra metrics (other keys)."""
+        """One CSV row (the fields); TensorBoard also gets a recipe's extra metrics (other keys)."""
         extra = {k: v for k, v in row.items() if k not in CSV_FIELDS and v is not None}
-        row = {k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS}
+        row = {k: ("" if row.get(k) is None else row[k]) for k in self.fields}
         self.rows.append(row)
         with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writerow(row)
+            csv.DictWriter(f, self.fields).writerow(row)
         if self.tb is not None:
             for key in ("train_loss", "val_loss", "val_ppl", "lr", "grad_norm", "tokens_per_sec", "mfu"):
                 if row[key] != "":

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmforge import _io
+
 QUESTIONS = [
     "What is the capital of France?", "Name three primary colours.", "Why is the sky blue?",
     "Write a haiku about the sea.", "What is 17 times 3?", "Give me a synonym for happy.",
@@ -42,19 +44,6 @@ def percentile(values: list[float], q: float) -> float:
     k = (len(values) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (benchmark figures are recorded beside it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def free_port() -> int:
@@ -232,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['ttft_p50_s'] * 1e3:>7.0f}ms {r['ttft_p95_s'] * 1e3:>7.0f}ms "
               f"{r['itl_p50_s'] * 1e3:>6.1f}ms {r['itl_p95_s'] * 1e3:>6.1f}ms")
     summary = {"rows": rows, "max_tokens": args.max_tokens, "threads": args.threads, "cpu_count": os.cpu_count(),
-               "cpu": cpu_model()}
+               "cpu": _io.cpu_model()}
     by_round: dict[int, dict[int, float]] = {}
     for r in rows:
         if r["system"] == "lmforge serve":

@@ -128,3 +128,17 @@ def read_yaml(path: Path, error: type[Exception] = ValueError) -> dict:
 
 def _kind(value: object) -> str:
     return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC ...", from /proc/cpuinfo; elsewhere what `platform` knows): the
+    fact printed beside every benchmark figure and report timing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,9 @@ def _device_name(device: Any) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    from lmforge._io import cpu_model
+
+    return cpu_model()
 
 
 def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) -> float:

@@ -274,18 +274,25 @@ def test_page_and_template_ship_as_package_data():
 
 @pytest.mark.slow
 def test_demo_writes_its_report(tmp_path):
-    """`lmforge demo --skip_pretrain` on the real SmolLM2: report.json + report.html with the chat stage."""
+    """`lmforge demo --stages smollm2` on the real SmolLM2: report.json + report.html, that stage ok, the
+    others shown as not run; a second run reuses the complete stage."""
     from helpers import asset
 
     asset("smollm2-135m-instruct")
-    proc = subprocess.run([sys.executable, "-m", "lmforge", "demo", "--out", str(tmp_path), "--skip_pretrain", "true",
-                           "--max_new_tokens", "24"], capture_output=True, text=True, timeout=600, check=True)
+    asset("austen")
+    cmd = [sys.executable, "-m", "lmforge", "demo", "--out", str(tmp_path), "--stages", "smollm2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     assert "report:" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    chat, pre = report["stages"]
-    assert chat["name"] == "chat" and chat["status"] == "ok" and chat["seconds"] > 0
-    assert chat["metrics"][0]["after"] > 0 and len(chat["tables"][0]["rows"]) == 2
+    stages = {s["name"]: s for s in report["stages"]}
+    chat = stages.pop("smollm2")
+    assert chat["status"] == "ok" and chat["seconds"] > 0
+    metrics = {m["name"]: m["after"] for m in chat["metrics"]}
+    assert 5 < metrics["perplexity on an Austen chunk"] < 200 and metrics["generation, 1 request"] > 0
     assert "Paris" in chat["tables"][0]["rows"][0][1]
-    assert pre["status"] == "skipped"
+    assert {s["status"] for s in stages.values()} == {"skipped"}
     assert report["machine"]["cores"] == os.cpu_count()
-    assert Page((tmp_path / "report.html").read_text(encoding="utf-8")).sections == ["chat", "pretrain"]
+    assert Page((tmp_path / "report.html").read_text(encoding="utf-8")).sections == [
+        "pretrain", "smollm2", "spam", "sft", "dpo", "evaluate", "export"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert "complete in an earlier run" in again.stdout

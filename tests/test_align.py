@@ -312,3 +312,21 @@ def test_judged_pairs_from_a_real_server(tiny_ckpt):
         made = judged_pairs(url, "tiny", ["Say something:", "Count:"], max_tokens=6)
     for p in made:
         assert set(p) == {"prompt", "chosen", "rejected"} and p["chosen"] != p["rejected"]
+
+
+def test_rpo_alpha_adds_the_chosen_nll():
+    """loss.rpo_alpha adds α x each chosen completion's token-mean NLL to the DPO loss (TRL's rpo_alpha)."""
+    import dataclasses
+
+    from lmforge.align.recipe import AlignConfig, LossArgs, batch_terms
+
+    policy = tiny_gpt("llama-gqa", seed=6)
+    batch = collate_pairs(_tiny_pairs(4, 7), 0)
+    ref = Reference("copy", tiny_gpt("llama-gqa", seed=8))
+    cfg = AlignConfig(init="x", data={"train_file": "tasks"})
+    plain = batch_terms(cfg, policy, batch, ref)["loss"]
+    rpo = batch_terms(dataclasses.replace(cfg, loss=LossArgs(rpo_alpha=0.5)), policy, batch, ref)["loss"]
+    lp, n = sequence_logps(policy, batch["ids"], batch["targets"])
+    torch.testing.assert_close(rpo - plain, 0.5 * (-lp[:4] / n[:4]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="rpo_alpha must be >= 0"):
+        LossArgs(rpo_alpha=-1)

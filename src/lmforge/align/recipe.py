@@ -83,12 +83,18 @@ class LossArgs:
     """KTO: the weight λ_D of desirable completions."""
     undesirable_weight: float = 1.0
     """KTO: the weight λ_U of undesirable completions."""
+    rpo_alpha: float = 0.0
+    """DPO/IPO: the weight α of the chosen completion's token-mean NLL added to each pair's loss (RPO,
+    Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's `rpo_alpha`): it keeps the
+    chosen answers likely while the margin grows (0: plain DPO/IPO)."""
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
             raise TrainConfigError(f"loss.beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise TrainConfigError(f"loss.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not self.rpo_alpha >= 0:
+            raise TrainConfigError(f"loss.rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             raise TrainConfigError("loss.desirable_weight and loss.undesirable_weight must be > 0")
 
@@ -166,6 +172,8 @@ def batch_terms(cfg: AlignConfig, model: torch.nn.Module, batch: dict[str, torch
         loss = L.simpo_loss(c / nc, r / nr, a.beta, a.gamma)
     else:  # orpo: the SFT term is the chosen completions' token-mean NLL
         loss = L.orpo_loss(c / nc, r / nr, -c.sum() / nc.sum(), a.beta)
+    if a.rpo_alpha and m in ("dpo", "ipo"):
+        loss = loss + a.rpo_alpha * (-c / nc)
     if ref is not None:
         rc, rr = a.beta * (c - ref[:B]).detach(), a.beta * (r - ref[B:]).detach()
     else:  # SimPO/ORPO's reward is the (scaled) average log-prob itself, as in TRL

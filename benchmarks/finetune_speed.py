@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": "all-linear"}
-VARIANTS = ("ours-lora", "hf-lora", "ours-full", "hf-full", "ours-lora-int8", "ours-lora-ckpt", "ours-lora-int8-ckpt")
+VARIANTS = ("ours-lora", "hf-lora", "ours-full", "hf-full", "ours-lora-int8", "ours-lora-ckpt", "ours-lora-ckpt-mlp",
+            "ours-lora-int8-ckpt")
 
 
 def cpu_model() -> str:
@@ -73,10 +74,10 @@ def build(variant: str, config, sd):
         else:
             method = MethodArgs(name="lora", lora=dict(LORA), quantize="int8" if "int8" in variant else "none")
         model, _ = build_model(config, sd, method)
-        if variant.endswith("ckpt"):  # activation checkpointing, as `train_loop(activation_checkpointing=True)`
+        if "ckpt" in variant:  # activation checkpointing, as `train_loop(activation_checkpointing=True or "mlp")`
             from lmforge.training.step import checkpoint_blocks
 
-            checkpoint_blocks(model)
+            checkpoint_blocks(model, "mlp" if variant.endswith("mlp") else "block")
         opt = make_adamw(model, 1e-4, 0.0, (0.9, 0.95), 1e-8)
 
         def loss_fn(m, batch):
@@ -137,7 +138,7 @@ def speed(args) -> list[dict]:
     config, sd = load()
     data = batches(config, args.steps, args.batch, args.seq)
     rows = []
-    for ours, theirs in ((f"ours-{p}", f"hf-{p}") for p in args.pairs):
+    for ours, theirs in ((f"ours-{p}", f"hf-{p.partition('-')[0]}") for p in args.pairs):
         steps = {v: build(v, config, sd)[1] for v in (ours, theirs)}
         first = {v: timed(steps[v], data[:1]) for v in steps}  # warm-up
         times = {v: [] for v in steps}
@@ -233,7 +234,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=1, help="optimizer steps per timing round")
     p.add_argument("--rounds", type=int, default=4, help="A/B rounds (the median of pairwise ratios is reported)")
-    p.add_argument("--pairs", nargs="+", default=["lora", "full"], choices=["lora", "full"], help="speed pairs to time")
+    p.add_argument("--pairs", nargs="+", default=["lora", "full"], choices=["lora", "full", "lora-ckpt-mlp"],
+                   help="speed pairs to time (lora-ckpt-mlp: ours with MLP checkpointing vs transformers + peft)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="memory variants")

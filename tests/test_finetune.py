@@ -232,7 +232,8 @@ def test_lora_resume_after_sigkill_equals_uninterrupted(tiny_ckpt, tmp_path):
     def args(out, *extra):
         return ["--init", str(tiny_ckpt), "--out_dir", str(out), "--data.train_file", "tasks", "--data.n_train", "120",
                 "--data.n_test", "0", "--data.max_seq_length", "128", "--method.name", "lora",
-                "--method.lora.dropout", "0.1", "--train.max_steps", "6", "--train.global_batch_size", "4",
+                "--method.lora.dropout", "0.1", "--activation_checkpointing", "mlp",  # (dropout replayed)
+                "--train.max_steps", "6", "--train.global_batch_size", "4",
                 "--train.micro_batch_size", "2", "--train.lr", "0.01", "--train.warmup_steps", "1",
                 "--eval.interval", "3", "--eval.sample_tokens", "0", "--log.interval", "1", "--log.tensorboard",
                 "false", "--log.plot", "false", "--device", "cpu", "--precision", "fp32", *extra]

@@ -170,3 +170,55 @@ def test_fused_hf_projection_is_refused(tmp_path):
     apply_lora(model, settings)
     with pytest.raises(LmforgeError, match="stores this projection fused"):
         save_peft_adapter(model, config, settings, tmp_path)
+
+
+def _adapter(dtype: torch.dtype, dropout: float, seed: int = 0) -> LoRALinear:
+    torch.manual_seed(seed)
+    layer = LoRALinear(torch.nn.Linear(6, 5, dtype=dtype), LoRASettings(r=3, alpha=6, dropout=dropout, targets="x"))
+    _randomize_adapters(layer, seed)
+    return layer.train()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_adapter_gradient_is_the_formulas(dropout):
+    """The adapter's own backward (`_LoRAUpdate`) against finite differences in float64; dropout
+    is on with a fixed seed (each evaluation draws the same mask) or off."""
+    layer = _adapter(torch.float64, dropout)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    a, b = (torch.randn_like(m.weight, requires_grad=True) for m in (layer.lora_A, layer.lora_B))
+
+    def f(x, a, b):
+        torch.manual_seed(3)
+        return torch.func.functional_call(layer, {"lora_A.weight": a, "lora_B.weight": b}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, a, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_adapter_equals_peft_lora_layer(dropout):
+    """Outputs and gradients equal PEFT's `lora.Linear` (the plain formula `base(x) + s * B(A(drop(x)))`)
+    with the same weights and the same seed: the dropout draws the same mask."""
+    from peft import LoraConfig
+    from peft.tuners.lora import Linear as PeftLinear
+
+    ours = _adapter(torch.float32, dropout)
+    config = LoraConfig(r=3, lora_alpha=6, lora_dropout=dropout)
+    theirs = PeftLinear(copy.deepcopy(ours.base_layer), "default", config, r=3, lora_alpha=6,
+                        lora_dropout=dropout).train()
+    with torch.no_grad():
+        theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
+        theirs.lora_B["default"].weight.copy_(ours.lora_B.weight)
+    x = torch.randn(3, 7, 6)
+    outs, grads = [], []
+    for layer in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        y = layer(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        outs.append(y.detach())
+        a, b = (p for n, p in layer.named_parameters() if p.requires_grad)
+        grads.append((xi.grad, a.grad, b.grad))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for g_ours, g_theirs in zip(*grads):
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-6)
+    assert dropout == 0 or not torch.equal(ours.train()(x), ours.eval()(x))  # dropout was really on

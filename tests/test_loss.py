@@ -230,16 +230,28 @@ def test_both_logsumexp_strategies_are_exact(host_sync):
         assert ((got.double() - r).norm() / r.norm()) < 1e-5
 
 
-def test_lm_loss_with_activation_checkpointing():
+@pytest.mark.parametrize("part", ["block", "mlp"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_lm_loss_with_activation_checkpointing(part, lora):
+    """Recomputing blocks or MLPs gives the same gradients, LoRA's dropout included (the recompute
+    replays the random state, so it draws the same masks)."""
+    from lmforge.lora import LoRASettings, apply_lora
     from lmforge.training.step import checkpoint_blocks, lm_loss
 
     x, y = torch.randint(0, 96, (2, 12)), torch.randint(0, 96, (2, 12))
     grads = []
     for recompute in (False, True):
-        model = _gpt()
+        model = _gpt(mlp_class="gated", activation="silu")
+        if lora:
+            apply_lora(model, LoRASettings(r=2, dropout=0.3, targets="all-linear"))
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, std=0.1)
+            model.train()
         if recompute:
-            checkpoint_blocks(model)
+            checkpoint_blocks(model, part)
+        torch.manual_seed(7)
         lm_loss(model, x, y).backward()
-        grads.append([p.grad for p in model.parameters()])
+        grads.append([p.grad for p in model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

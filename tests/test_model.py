@@ -89,3 +89,22 @@ def test_packed_documents_equal_each_alone(family_model):
         torch.testing.assert_close(out[1, :1], model(docs[-1].flip(0)[None])[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="segments"):
         model(packed, input_pos=torch.arange(packed.size(1)), segments=segments)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_gated_mlp_gradient_is_the_plain_expressions(activation):
+    """The gated MLP keeps only gate and up for its backward (`_GatedActivation`): its values and
+    gradients are those of autograd through `down(act(gate(x)) * up(x))`, and finite differences agree."""
+    mlp = tiny_gpt("llama-gqa", activation=activation).layers[0].mlp.double()
+    assert mlp.gated
+    x = torch.randn(2, 3, mlp.up_proj.in_features, dtype=torch.float64, requires_grad=True)
+
+    def plain(x):
+        return mlp.down_proj(mlp.act(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+    torch.testing.assert_close(mlp(x), plain(x), rtol=0, atol=0)
+    ours = torch.autograd.grad(mlp(x).sin().sum(), [x, *mlp.parameters()])
+    theirs = torch.autograd.grad(plain(x).sin().sum(), [x, *mlp.parameters()])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(mlp, (x[:1, :2],), eps=1e-6, atol=1e-7)

@@ -69,6 +69,53 @@ class LoRASettings:
         return self.alpha / self.r
 
 
+class _LoRAUpdate(torch.autograd.Function):
+    """`y += scaling * dropout(x) @ A.T @ B.T`, in place on the base output y.
+
+    What autograd would keep for the plain formula is, per adapter, the dropped copy of x (the input
+    of A's matrix product) and dropout's scaled float mask: two (N, in) float tensors. This keeps x
+    itself, which the adapters sharing an input (q/k/v, gate/up) save once between them, the mask as
+    bool (a quarter of a float) and the small (N, r) product h. The scale 1 / (1 - p) is applied to
+    h, not to the (N, in) input. The mask is drawn as `nn.Dropout` draws it (the same random numbers
+    for the same seed). The base's own backward (a frozen weight: the gradient of x only) is autograd's.
+
+    Shapes: y (N, out) contiguous, x (N, in), A (r, in), B (out, r); computed in y's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
+                p: float) -> torch.Tensor:
+        dtype = y.dtype
+        # autocast off: every operand is cast to y's dtype here, so the in-place addmm_ sees one dtype
+        with torch.autocast(y.device.type, enabled=False):
+            mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p) if p else None
+            h = (x * mask if p else x).to(dtype) @ a.to(dtype).t()  # (N, r)
+            if p:
+                h.mul_(1 / (1 - p))
+            y.addmm_(h, b.to(dtype).t(), alpha=scaling)
+        ctx.mark_dirty(y)
+        ctx.save_for_backward(x, mask, a, b, h)
+        ctx.scaling, ctx.p = scaling, p
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple:
+        x, mask, a, b, h = ctx.saved_tensors
+        dtype = g.dtype
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[3]:
+            grad_b = (g.t() @ h).mul_(ctx.scaling).to(b.dtype)
+        gh = (g @ b.to(dtype)).mul_(ctx.scaling / (1 - ctx.p))  # (N, r): the gradient of x*mask @ A.T
+        if ctx.needs_input_grad[2]:
+            grad_a = (gh.t() @ (x * mask if mask is not None else x).to(dtype)).to(a.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_x = gh @ a.to(dtype)
+            if mask is not None:
+                grad_x.mul_(mask)
+            grad_x = grad_x.to(x.dtype)
+        return g, grad_x, grad_a, grad_b, None, None
+
+
 class LoRALinear(nn.Module):
     """`base_layer(x) + (alpha / r) * lora_B(lora_A(dropout(x)))`, with the base frozen."""
 
@@ -82,7 +129,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(settings.r, self.out_features, bias=False, device=weight.device, dtype=dtype)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as PEFT does
         nn.init.zeros_(self.lora_B.weight)
-        self.dropout = nn.Dropout(settings.dropout) if settings.dropout else nn.Identity()
+        self.dropout = settings.dropout  # on A's input while training, as PEFT's `lora_dropout`
         self.scaling = settings.scaling
         self.enabled = True
         for p in base.parameters():
@@ -98,16 +145,16 @@ class LoRALinear(nn.Module):
         return self.base_layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
         if not self.enabled:
-            return y
-        a, b = self.lora_A.weight, self.lora_B.weight
-        h = self.lora_A(self.dropout(x.to(a.dtype)))  # (..., r)
-        if type(self.base_layer) is nn.Linear and y.dtype == b.dtype and not torch.is_autocast_enabled(y.device.type):
-            # y += scaling * h @ B.T inside the matrix product: no (..., out) temporaries for the scaled
-            # update and the sum, forward or backward (the frozen base's backward does not need y)
-            return y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), b.t(), alpha=self.scaling).view(y.shape)
-        return y + self.lora_B(h).to(y.dtype) * self.scaling
+            return self.base_layer(x)
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (N, in)
+        # a 2-D input gives a fresh (N, out) output: adding into a view of it instead would make
+        # autograd copy its gradient (CopySlices) in the backward
+        y = self.base_layer(x).contiguous()
+        p = self.dropout if self.training else 0.0
+        y = _LoRAUpdate.apply(y, x, self.lora_A.weight, self.lora_B.weight, self.scaling, p)
+        return y.view(*shape[:-1], self.out_features)
 
     def delta_weight(self) -> torch.Tensor:
         """The update (out, in) this adapter adds to the base weight."""

@@ -229,6 +229,29 @@ class Attention(nn.Module):
         return probs @ v
 
 
+class _GatedActivation(torch.autograd.Function):
+    """`act(gate) * up`, keeping only gate and up for the backward (which recomputes act(gate)).
+
+    Autograd would also keep act(gate), a third (B, T, intermediate) tensor per block, the widest
+    kind in a training step. Same values forward and backward as the plain expression.
+    """
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, act) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        ctx.act = act
+        return act(gate).mul_(up)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple:
+        gate, up = ctx.saved_tensors
+        with torch.enable_grad():
+            gate = gate.detach().requires_grad_()
+            a = ctx.act(gate)
+        (grad_gate,) = torch.autograd.grad(a, gate, g * up)
+        return grad_gate, g * a.detach(), None
+
+
 class MLP(nn.Module):
     """`mlp`: down(act(up(x))); `gated`: down(act(gate(x)) * up(x))."""
 
@@ -244,7 +267,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(_GatedActivation.apply(self.gate_proj(x), self.up_proj(x), self.act))
         return self.down_proj(self.act(self.up_proj(x)))
 
 

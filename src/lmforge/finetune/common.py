@@ -59,6 +59,9 @@ class FinetuneArgs:
     """Processes to train with; > 1 launches torchrun with this many (ignored inside torchrun)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Multi-process strategy (as in pretraining)."""
+    activation_checkpointing: bool | Literal["mlp"] = False
+    """Recompute activations in the backward pass: true (each block's: least memory), mlp (only each
+    MLP's: most of the saving at less recompute), false. See benchmarks/README.md (finetuning)."""
     resume: bool | str = False
     """Continue an interrupted run: true (latest checkpoint in out_dir) or a checkpoint directory."""
     keep_checkpoints: int = 2
@@ -271,7 +274,7 @@ def loop_kwargs(cfg: FinetuneArgs, info: Any, resume: Path | None) -> dict[str, 
 
     return dict(train=cfg.train, eval=cfg.eval, log=cfg.log, out_dir=cfg.out_dir, info=info,
                 bf16=use_bf16(cfg.precision, info.device), strategy=cfg.strategy,
-                keep_checkpoints=cfg.keep_checkpoints, resume=resume, run_config=cfg.to_dict())
+                activation_checkpointing=cfg.activation_checkpointing, keep_checkpoints=cfg.keep_checkpoints, resume=resume, run_config=cfg.to_dict())
 
 
 def local_path(value: str) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.training.config import EvalArgs, LogArgs, TrainArgs
 from lmforge.training.state import (
@@ -61,7 +61,7 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
                train: TrainArgs, eval: EvalArgs, log: LogArgs, out_dir: str | Path, info: Any,
                seq_len: int, hooks: Hooks | None = None, title: str = "train", data_note: str = "",
                bf16: bool = False, strategy: str = "ddp", compile: bool = False,
-               activation_checkpointing: bool = False, keep_checkpoints: int = 2, resume: Path | None = None,
+               activation_checkpointing: bool | Literal["mlp"] = False, keep_checkpoints: int = 2, resume: Path | None = None,
                run_config: dict[str, Any] | None = None, flops_per_token: float = 0.0) -> dict[str, Any]:
     """Train `model` for `train.max_steps` optimizer steps (or `train.max_minutes`); return the summary.
 
@@ -84,7 +84,8 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
         bf16: bf16 autocast (fp32 weights) instead of fp32.
         strategy: "ddp" or "fsdp" with several processes.
         compile: torch.compile the model.
-        activation_checkpointing: recompute each block's activations in the backward pass.
+        activation_checkpointing: recompute each block's activations in the backward pass (True), or
+            only each MLP's ("mlp"; see `checkpoint_blocks`).
         keep_checkpoints: training checkpoints kept under out_dir/checkpoints.
         resume: a training checkpoint to continue from (its model weights already loaded).
         run_config: the recipe's config, stored in each checkpoint.
@@ -103,7 +104,7 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
     state = load_train_state(resume) if resume is not None else {}
     model.to(device)
     if activation_checkpointing:
-        checkpoint_blocks(model)
+        checkpoint_blocks(model, "mlp" if activation_checkpointing == "mlp" else "block")
     if compile:
         model.compile()
     model = distributed.wrap(model, strategy, info)

@@ -30,6 +30,7 @@ def classify(
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
     devices: int = 1,
     strategy: Literal["ddp", "fsdp"] = "ddp",
+    activation_checkpointing: bool | Literal["mlp"] = False,
     resume: bool | str = False,
     keep_checkpoints: int = 2,
 ) -> None:
@@ -48,6 +49,8 @@ def classify(
         precision: fp32, bf16-mixed or auto.
         devices: Processes to train with (> 1 launches torchrun).
         strategy: ddp or fsdp (with several processes).
+        activation_checkpointing: Recompute activations in the backward: true (each block's), mlp
+            (only the MLPs': most of the memory saving, less recompute) or false.
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """
@@ -69,6 +72,7 @@ def sft(
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
     devices: int = 1,
     strategy: Literal["ddp", "fsdp"] = "ddp",
+    activation_checkpointing: bool | Literal["mlp"] = False,
     resume: bool | str = False,
     keep_checkpoints: int = 2,
 ) -> None:
@@ -86,6 +90,8 @@ def sft(
         precision: fp32, bf16-mixed or auto.
         devices: Processes to train with (> 1 launches torchrun).
         strategy: ddp or fsdp (with several processes).
+        activation_checkpointing: Recompute activations in the backward: true (each block's), mlp
+            (only the MLPs': most of the memory saving, less recompute) or false.
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """

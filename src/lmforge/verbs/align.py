@@ -30,6 +30,7 @@ def align(
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
     devices: int = 1,
     strategy: Literal["ddp", "fsdp"] = "ddp",
+    activation_checkpointing: bool | Literal["mlp"] = False,
     resume: bool | str = False,
     keep_checkpoints: int = 2,
 ) -> None:
@@ -41,7 +42,7 @@ def align(
         data: Preference pairs (or KTO records), or `tasks`.
         out_dir: Directory for checkpoints, logs, the final model, report.json and align.png.
         trainable: What trains: full, last_n or lora.
-        loss: The loss's hyper-parameters (beta, label_smoothing, gamma, KTO weights).
+        loss: The loss's hyper-parameters (beta, label_smoothing, gamma, KTO weights, rpo_alpha).
         reference: The reference model: auto, lora, copy or cached.
         train: Optimisation (batch sizes count pairs).
         eval: Periodic held-out metrics and checkpoints.
@@ -50,6 +51,8 @@ def align(
         precision: fp32, bf16-mixed or auto.
         devices: Processes to train with (> 1 launches torchrun).
         strategy: ddp or fsdp (with several processes).
+        activation_checkpointing: Recompute activations in the backward: true (each block's), mlp
+            (only the MLPs') or false.
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """

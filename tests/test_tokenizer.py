@@ -690,3 +690,20 @@ def test_t5_unigram_vocabulary(vocabs, tmp_path):
     for text in texts:
         ids = tok.encode(text, bos=False)
         assert ids == fast.encode(text, add_special_tokens=False).ids == hf(text, add_special_tokens=False).input_ids
+
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2", "deepseek-llm", "falcon", "command-r", "mpt", "llama-bpe"])
+def test_gguf_vocab_saved_as_tokenizer_json_writes_back_its_pre(vocabs, smollm2, tmp_path, name):
+    """GGUF -> lmforge dir (tokenizer.json) -> GGUF keeps llama.cpp's pre-tokenizer (its name, or a name of
+    the same table entry: smollm and starcoder split alike), and the tokenizer rebuilt from the written
+    metadata encodes as the original (the demo's export stage)."""
+    from lmforge.tokenizer.gguf import GGUF_PRE
+
+    tok = smollm2 if name == "smollm2" else gguf_vocab(vocabs, name)
+    pre = tok.gguf_metadata()["tokenizer.ggml.pre"]
+    saved = Tokenizer.from_dir(tok.save(tmp_path / "tok"))
+    meta = saved.gguf_metadata()
+    assert GGUF_PRE[meta["tokenizer.ggml.pre"]] == GGUF_PRE[pre]
+    again = Tokenizer.from_gguf_metadata(meta)
+    for text in VARIED:
+        assert again.encode(text) == tok.encode(text), text

@@ -268,7 +268,26 @@ def gguf_pre_name(backend: HFBackend | TiktokenBackend, spec: dict) -> str:
         return "smollm"
     if '"ByteLevel"' in text and '"use_regex": true' in text:
         return "gpt-2"
+    # a tokenizer lmforge built from a GGUF vocabulary (then saved as tokenizer.json): its table entry
+    name = table_pre_name(spec.get("pre_tokenizer"), bool((spec.get("model") or {}).get("ignore_merges")))
+    if name is not None:
+        return name
     raise TokenizerError("this tokenizer's pre-tokenizer has no llama.cpp equivalent known to lmforge")
+
+
+def table_pre_name(pre_tokenizer: Any, ignore_merges: bool) -> str | None:
+    """The first llama.cpp name whose table entry builds exactly this tokenizer.json `pre_tokenizer`."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    for names, entry in _PRE_TABLE:
+        if entry.ignore_merges != ignore_merges:
+            continue
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = gguf_pre_tokenizer(entry)
+        if json.loads(tok.to_str())["pre_tokenizer"] == pre_tokenizer:
+            return names[0]
+    return None
 
 
 def spm_proto(

@@ -172,6 +172,12 @@ def test_recipe_runs_and_logs_the_preference_metrics(tiny_ckpt, tmp_path, monkey
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
     assert {"reward_margin", "reward_acc", "val_pref_acc", "val_kl"} <= set(header)
     assert (tmp_path / "run" / "align.png").stat().st_size > 1000
+    if reference != "auto":  # the untrained policy is its reference: every pair a tie, counted half
+        assert rep["heldout_before"]["val_reward_acc"] == 0.5
+    from lmforge.report import recipe_stage
+
+    shown = {m["name"]: m for m in recipe_stage(tmp_path / "run")["metrics"]}  # the run folder renders alone
+    assert shown["preference accuracy (implicit reward, held-out)"]["after"] == round(100 * rep["heldout_after"]["val_reward_acc"], 4)
 
 
 def test_kto_recipe_on_unpaired_records(tiny_ckpt, tmp_path):

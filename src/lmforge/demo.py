@@ -235,8 +235,11 @@ def stage_dpo(c: Cycle) -> dict[str, Any]:
     shutil.rmtree(run, ignore_errors=True)
     summary = align(load_config("dpo-smollm2", **o))
     fields = recipe_stage(run, name="dpo")
+    metrics = fields["metrics"] or _align_metrics(summary)
+    metrics = [m for m in metrics if m["name"] != "val loss"] + [
+        {**m, "name": "DPO loss (held-out)"} for m in metrics if m["name"] == "val loss"]
     return {**fields, "command": f"lmforge align --method dpo --config dpo-smollm2 {_flags(o)}",
-            "metrics": fields["metrics"] or _align_metrics(summary),
+            "metrics": metrics,
             "plots": [_rel(run / p, c.out) for p in fields["plots"]],
             "notes": f"Starts from {'the SFT model' if init == sft_final else 'the base model (no SFT model)'}; "
                      "the reference is the starting model, its log-probs cached once. Target (--full): held-out "

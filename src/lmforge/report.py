@@ -203,6 +203,21 @@ def recipe_stage(run_dir: str | Path, name: str | None = None) -> dict[str, Any]
         families = sorted(f for f in test["after"] if f != "overall") + ["overall"] * ("overall" in test["after"])
         metrics += [{"name": f"exact match: {f}", "before": _percent(before.get(f)), "after": _percent(test["after"][f]),
                      "unit": "%"} for f in families]
+    elif isinstance(test.get("heldout_after"), dict):  # align: held-out preference metrics, exact match
+        kind = f"align {test.get('method', '')}".strip()
+        hb = test.get("heldout_before") if isinstance(test.get("heldout_before"), dict) else {}
+        ha = test["heldout_after"]
+        for key, label, scale, unit in (("val_reward_acc", "preference accuracy (implicit reward, held-out)", 100, "%"),
+                                        ("val_pref_acc", "policy prefers chosen (held-out)", 100, "%"),
+                                        ("val_margin", "reward margin (held-out)", 1, None),
+                                        ("val_kl", "KL to the reference (held-out prompts)", 1, "nats")):
+            if key in ha:
+                metrics.append({"name": label, "before": _round(_scaled(hb.get(key), scale)),
+                                "after": _round(_scaled(ha[key], scale)), "unit": unit})
+        eb, ea = test.get("exact_match_before"), test.get("exact_match_after")
+        if isinstance(ea, dict) and "overall" in ea:
+            metrics.append({"name": "exact match: overall (SFT test split)",
+                            "before": _percent((eb or {}).get("overall")), "after": _percent(ea["overall"]), "unit": "%"})
     else:
         kind = "pretrain" if summary else "run"
     facts = {k: summary.get(k) for k in ("steps", "tokens", "val_ppl") if summary.get(k) is not None}
@@ -214,6 +229,10 @@ def recipe_stage(run_dir: str | Path, name: str | None = None) -> dict[str, Any]
     return {"name": name or kind.replace(" ", "-"), "title": f"{kind}: {run.resolve().name}",
             "config": _recipe_config(run), "seconds": seconds, "status": "ok", "metrics": metrics,
             "plots": plots, "tables": tables}
+
+
+def _scaled(x: Any, scale: float) -> float | None:
+    return None if not isinstance(x, int | float) or isinstance(x, bool) else x * scale
 
 
 def _percent(x: Any) -> float | None:

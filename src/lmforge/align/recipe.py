@@ -202,6 +202,7 @@ def make_loss(cfg: AlignConfig, reference: Any, pairs_per_step: int):
 TRAIN_COLUMNS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_acc", "reward_desirable",
                  "reward_undesirable")
 EVAL_COLUMNS = ("val_pref_acc", "val_reward_acc", "val_margin", "val_kl")
+REWARD_TIE = 1e-5  # implicit-reward margins this small are ties (float noise of a policy equal to its reference)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +362,9 @@ def _run(cfg: AlignConfig, info: Any) -> dict[str, Any]:
                 else:
                     pref += float((terms["chosen"] > terms["rejected"]).sum())
                     mg = terms["reward_chosen"] - terms["reward_rejected"]
-                    racc += float((mg > 0).sum())
+                    # a tie counts half: before training the policy is its reference and every implicit
+                    # reward is 0 (up to float noise), so held-out accuracy starts from chance, 50%
+                    racc += float((mg > REWARD_TIE).sum()) + 0.5 * float((mg.abs() <= REWARD_TIE).sum())
                     margin += float(mg.sum())
                 n += terms["loss"].numel()
             kl = None

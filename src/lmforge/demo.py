@@ -73,10 +73,10 @@ class Budget:
     answer_tokens: int
 
 
-QUICK = Budget(pretrain_minutes=2.0, spam_limit=1200, spam_steps=200, sft_train=800, sft_test=60, sft_steps=24,
-               dpo_train=600, dpo_test=100, dpo_steps=16, mmlu_items=100, judge_items=8, answer_tokens=96)
-FULL = Budget(pretrain_minutes=4.0, spam_limit=None, spam_steps=600, sft_train=2000, sft_test=300, sft_steps=60,
-              dpo_train=2000, dpo_test=300, dpo_steps=60, mmlu_items=500, judge_items=24, answer_tokens=160)
+QUICK = Budget(pretrain_minutes=2.0, spam_limit=1000, spam_steps=200, sft_train=800, sft_test=60, sft_steps=22,
+               dpo_train=400, dpo_test=100, dpo_steps=16, mmlu_items=100, judge_items=8, answer_tokens=96)
+FULL = Budget(pretrain_minutes=3.0, spam_limit=None, spam_steps=600, sft_train=2000, sft_test=300, sft_steps=60,
+              dpo_train=1000, dpo_test=200, dpo_steps=48, mmlu_items=300, judge_items=16, answer_tokens=128)
 
 
 def _flags(overrides: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ What is shared (each a saving over lm-eval's `hf` backend, which runs every opti
   (MMLU's letter " A") costs nothing more than the context; longer ones run only their own tokens,
   on a copy of the context's keys/values;
 - contexts of a batch that start alike (the same few-shot preamble, the same subject header) run
-  the common prefix once, copied into every row's cache;
+  the common prefix once, copied into every row's cache (when that saves enough: see MIN_SAVED_TOKENS);
 - the head (the vocabulary product, ~20% of SmolLM2's FLOPs per token) runs only at the positions
   that predict a scored token.
 All of it goes through `GPT.forward`, so the model's runner (the CPU kernels) does the work.
@@ -26,9 +26,17 @@ if TYPE_CHECKING:
     from lmforge.model import GPT
     from lmforge.tokenizer import Tokenizer
 
-# a shared prefix shorter than this is recomputed in each row: the copy and the masked attention
-# a cached prefix needs cost more than a few tokens of prefill
+# A prefix is shared (run once, copied into each row's cache) when it is at least MIN_SHARED_PREFIX
+# tokens and sharing it saves MIN_SAVED_TOKENS of prefill in a batch: its own forward, the copies and
+# the masked attention a cache needs cost about that much. So MMLU's subject header (~17 tokens) is
+# shared among a full topic's questions but not among the 3 or 4 of a topic in a small subsample,
+# which then batch with the others by length; a k-shot preamble is shared among 2 questions.
 MIN_SHARED_PREFIX = 16
+MIN_SAVED_TOKENS = 256
+
+
+def _worth_sharing(rows: int, prefix: int) -> bool:
+    return prefix >= MIN_SHARED_PREFIX and (rows - 1) * prefix >= MIN_SAVED_TOKENS
 
 
 def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -54,17 +62,22 @@ def _common_prefix(seqs: Sequence[tuple[int, ...]]) -> int:
 
 
 def _batches(contexts: list[tuple[int, ...]], batch_size: int) -> list[list[tuple[int, ...]]]:
-    """Contexts in batches: those sharing a prefix of MIN_SHARED_PREFIX+ tokens together (sorted
-    order puts them side by side), each group longest first; the rest pooled, longest first."""
+    """Contexts in batches: those sharing a prefix worth sharing together (sorted order puts them
+    side by side), each group longest first; the rest pooled, longest first."""
     ordered = sorted(contexts)
     groups, loose, current = [], [], [ordered[0]]
+
+    def close(group: list[tuple[int, ...]]) -> None:
+        keep = _worth_sharing(min(len(group), batch_size), _common_prefix([group[0], group[-1]]))
+        (groups.append(group) if keep else loose.extend(group))
+
     for ctx in ordered[1:]:
         if _common_prefix([current[0], ctx]) >= MIN_SHARED_PREFIX:
             current.append(ctx)
         else:
-            (groups.append(current) if len(current) > 1 else loose.extend(current))
+            close(current)
             current = [ctx]
-    (groups.append(current) if len(current) > 1 else loose.extend(current))
+    close(current)
     out = []
     for group in [*groups, loose]:
         group = sorted(group, key=len, reverse=True)
@@ -138,7 +151,7 @@ def _score_batch(model: GPT, contexts: list[tuple[int, ...]], pairs: list[tuple[
     row_of = {c: r for r, c in enumerate(contexts)}
     shared = _common_prefix(contexts) if len(contexts) > 1 else 0
     shared = min(shared, min(len(c) for c in contexts) - 1)  # every row keeps a token of its own
-    if shared < MIN_SHARED_PREFIX:
+    if not _worth_sharing(len(contexts), shared):
         shared = 0
     long_conts = any(len(cont) > 1 for _, cont in pairs)
     cache = None

@@ -3,7 +3,8 @@
     lls = loglikelihoods(model, [(context_ids, continuation_ids), ...], batch_size=32)
     # -> [(sum of log p(continuation | context), whether greedy decoding would produce it), ...]
 
-What is shared (each a saving over lm-eval's `hf` backend, which runs every option's full text):
+What is shared (lm-eval's `hf` backend shares a context only among one-token continuations, and
+computes the head and a log-softmax at every position):
 - a context is run once for all its continuations (a question's options): a one-token continuation
   (MMLU's letter " A") costs nothing more than the context; longer ones run only their own tokens,
   on a copy of the context's keys/values;
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
 
 # A prefix is shared (run once, copied into each row's cache) when it is at least MIN_SHARED_PREFIX
-# tokens and sharing it saves MIN_SAVED_TOKENS of prefill in a batch: its own forward, the copies and
-# the masked attention a cache needs cost about that much. So MMLU's subject header (~17 tokens) is
+# tokens and sharing it saves MIN_SAVED_TOKENS of prefill in a batch (a rough allowance for its own
+# forward, the copies and the masked attention a cache needs; on 48 MMLU items it was as fast as
+# sharing every 16+ token prefix, once batches were cut by length). So MMLU's subject header (~17 tokens) is
 # shared among a full topic's questions but not among the 3 or 4 of a topic in a small subsample,
 # which then batch with the others by length; a k-shot preamble is shared among 2 questions.
 MIN_SHARED_PREFIX = 16

@@ -335,6 +335,7 @@ def test_lm_eval_adapter_rolling_and_generation_equal_the_hf_backend(tiny, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~10 min on 2 shared cores: three scorers over 200 questions
 def test_smollm2_mmlu_200_agrees_with_lm_eval_item_for_item(tmp_path):
     """SmolLM2-135M-Instruct on the same 200 MMLU items (a seeded subsample of the asset, MMLU's
     letter prompt): `lmforge evaluate` == lm-eval's `hf` backend on our `--to hf` export, item for

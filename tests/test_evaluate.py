@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -57,6 +58,7 @@ def test_option_loglikelihoods_equal_a_plain_forward(family, share, monkeypatch)
     model = prepare_for_inference(tiny_gpt(family, vector_noise=0.1))
     reqs = _requests(random.Random(0), model.config.vocab_size, questions=9, shared=20)
     calls = []
+    monkeypatch.setattr(scoring, "MIN_SAVED_TOKENS", 0)  # share among the few rows of this test
     if share:  # the shared-prefix path must really run: count its one-row prefill caches
         new_cache = model.new_kv_cache
         monkeypatch.setattr(model, "new_kv_cache", lambda b, n=None, **kw: calls.append(b) or new_cache(b, n, **kw))
@@ -76,7 +78,9 @@ def test_option_loglikelihoods_equal_a_plain_forward(family, share, monkeypatch)
 def test_loglikelihoods_equal_a_plain_forward_property(seed, questions, shared, batch_size):
     model = _PROPERTY_MODEL
     reqs = _requests(random.Random(seed), model.config.vocab_size, questions, shared)
-    for (lp, greedy), (ref, ref_greedy) in zip(loglikelihoods(model, reqs, batch_size), _reference(model, reqs)):
+    with mock.patch.object(scoring, "MIN_SAVED_TOKENS", seed % 2 * 40):  # sharing among few rows, or not
+        got = loglikelihoods(model, reqs, batch_size)
+    for (lp, greedy), (ref, ref_greedy) in zip(got, _reference(model, reqs)):
         assert lp == pytest.approx(ref, abs=1e-4) and greedy == ref_greedy
 
 
@@ -180,7 +184,7 @@ def test_config_checks_every_field_on_one_line(limit, subsample, batch, shots, t
 def test_bad_flags_are_one_line_before_loading(args, message):
     with pytest.raises(SystemExit) as e:
         cli.main(["evaluate", "no-such-model.gguf", *args])
-    assert str(e.value) == message
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +335,7 @@ def test_lm_eval_adapter_rolling_and_generation_equal_the_hf_backend(tiny, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~10 min on 2 shared cores: three scorers over 200 questions
 def test_smollm2_mmlu_200_agrees_with_lm_eval_item_for_item(tmp_path):
     """SmolLM2-135M-Instruct on the same 200 MMLU items (a seeded subsample of the asset, MMLU's
     letter prompt): `lmforge evaluate` == lm-eval's `hf` backend on our `--to hf` export, item for

@@ -3,12 +3,13 @@
     lls = loglikelihoods(model, [(context_ids, continuation_ids), ...], batch_size=32)
     # -> [(sum of log p(continuation | context), whether greedy decoding would produce it), ...]
 
-What is shared (each a saving over lm-eval's `hf` backend, which runs every option's full text):
+What is shared (lm-eval's `hf` backend shares a context only among one-token continuations, and
+computes the head and a log-softmax at every position):
 - a context is run once for all its continuations (a question's options): a one-token continuation
   (MMLU's letter " A") costs nothing more than the context; longer ones run only their own tokens,
   on a copy of the context's keys/values;
 - contexts of a batch that start alike (the same few-shot preamble, the same subject header) run
-  the common prefix once, copied into every row's cache;
+  the common prefix once, copied into every row's cache (when that saves enough: see MIN_SAVED_TOKENS);
 - the head (the vocabulary product, ~20% of SmolLM2's FLOPs per token) runs only at the positions
   that predict a scored token.
 All of it goes through `GPT.forward`, so the model's runner (the CPU kernels) does the work.
@@ -26,9 +27,21 @@ if TYPE_CHECKING:
     from lmforge.model import GPT
     from lmforge.tokenizer import Tokenizer
 
-# a shared prefix shorter than this is recomputed in each row: the copy and the masked attention
-# a cached prefix needs cost more than a few tokens of prefill
+# A prefix is shared (run once, copied into each row's cache) when it is at least MIN_SHARED_PREFIX
+# tokens and sharing it saves MIN_SAVED_TOKENS of prefill in a batch (a rough allowance for its own
+# forward, the copies and the masked attention a cache needs; on 48 MMLU items it was as fast as
+# sharing every 16+ token prefix, once batches were cut by length). So MMLU's subject header (~17 tokens) is
+# shared among a full topic's questions but not among the 3 or 4 of a topic in a small subsample,
+# which then batch with the others by length; a k-shot preamble is shared among 2 questions.
 MIN_SHARED_PREFIX = 16
+MIN_SAVED_TOKENS = 256
+# a batch's rows are at least this fraction of its longest one (so padding wastes at most ~20%): a
+# 200-item MMLU sample's long tail (up to ~900 tokens) padded 32 rows of ~120 to its length
+MIN_FILL = 0.8
+
+
+def _worth_sharing(rows: int, prefix: int) -> bool:
+    return prefix >= MIN_SHARED_PREFIX and (rows - 1) * prefix >= MIN_SAVED_TOKENS
 
 
 def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -54,22 +67,34 @@ def _common_prefix(seqs: Sequence[tuple[int, ...]]) -> int:
 
 
 def _batches(contexts: list[tuple[int, ...]], batch_size: int) -> list[list[tuple[int, ...]]]:
-    """Contexts in batches: those sharing a prefix of MIN_SHARED_PREFIX+ tokens together (sorted
-    order puts them side by side), each group longest first; the rest pooled, longest first."""
+    """Contexts in batches: those sharing a prefix worth sharing together (sorted order puts them
+    side by side), each group longest first; the rest pooled, longest first."""
     ordered = sorted(contexts)
     groups, loose, current = [], [], [ordered[0]]
+
+    def close(group: list[tuple[int, ...]]) -> None:
+        keep = _worth_sharing(min(len(group), batch_size), _common_prefix([group[0], group[-1]]))
+        (groups.append(group) if keep else loose.extend(group))
+
     for ctx in ordered[1:]:
         if _common_prefix([current[0], ctx]) >= MIN_SHARED_PREFIX:
             current.append(ctx)
         else:
-            (groups.append(current) if len(current) > 1 else loose.extend(current))
+            close(current)
             current = [ctx]
-    (groups.append(current) if len(current) > 1 else loose.extend(current))
-    out = []
+    close(current)
+    out: list[list[tuple[int, ...]]] = []
     for group in [*groups, loose]:
-        group = sorted(group, key=len, reverse=True)
-        out += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
-    return [b for b in out if b]
+        batch: list[tuple[int, ...]] = []
+        for ctx in sorted(group, key=len, reverse=True):
+            # a batch pads to its first (longest) context: start a new one where lengths drop
+            if batch and (len(batch) == batch_size or len(ctx) < MIN_FILL * len(batch[0])):
+                out.append(batch)
+                batch = []
+            batch.append(ctx)
+        if batch:
+            out.append(batch)
+    return out
 
 
 def _pad(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
@@ -138,7 +163,7 @@ def _score_batch(model: GPT, contexts: list[tuple[int, ...]], pairs: list[tuple[
     row_of = {c: r for r, c in enumerate(contexts)}
     shared = _common_prefix(contexts) if len(contexts) > 1 else 0
     shared = min(shared, min(len(c) for c in contexts) - 1)  # every row keeps a token of its own
-    if shared < MIN_SHARED_PREFIX:
+    if not _worth_sharing(len(contexts), shared):
         shared = 0
     long_conts = any(len(cont) > 1 for _, cont in pairs)
     cache = None

@@ -222,7 +222,8 @@ def train_loop(model: torch.nn.Module, batches: Iterator, loss_fn: LossFn,
                 print(f"step {step}/{t.max_steps} | loss {train_loss:.4f} | lr {lr:.2e}"
                       + (f" | grad {grad_norm:.2f}" if grad_norm is not None else "")
                       + "".join(f" | {k} {v:.4g}" for k, v in extra.items())
-                      + f" | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {format_duration(eta)}", flush=True)
+                      + f" | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if flops_per_token else "")
+                      + f" | ETA {format_duration(eta)}", flush=True)
                 runlog.log({"step": step, "tokens": tokens, "train_loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                             "tokens_per_sec": tok_s, "mfu": mfu, "elapsed_s": elapsed, **extra})
         if step % eval.interval == 0 or last:

@@ -196,7 +196,8 @@ def stage_spam(c: Cycle) -> dict[str, Any]:
     shutil.rmtree(run, ignore_errors=True)
     classify(load_config(ClassifyConfig, "spam-smollm2", **o))
     fields = recipe_stage(run, name="spam")
-    return {**fields, "command": f"lmforge finetune classify --config spam-smollm2 {_flags(o)}",
+    metrics = sorted(fields["metrics"], key=lambda m: m["name"] != "test accuracy")  # the headline first
+    return {**fields, "metrics": metrics, "command": f"lmforge finetune classify --config spam-smollm2 {_flags(o)}",
             "plots": [_rel(run / p, c.out) for p in fields["plots"]],
             "notes": "The trunk frozen, its last-token features cached once; the head alone trains. "
                      "Before: the untrained head on the same test texts. Target (--full): >= 95%."}
@@ -500,11 +501,13 @@ def _run_stage(cycle: Cycle, name: str) -> dict[str, Any]:
 
 def summary_table(report: dict[str, Any]) -> str:
     """Each stage's status, time and main metric before -> after, for the console."""
+    from lmforge.report import format_number
+
     lines = [f"{'stage':<10} {'status':<8} {'time':>7}  metric: before -> after"]
     for s in report["stages"]:
         m = (s.get("metrics") or [{}])[0]
-        metric = (f"{m.get('name')}: {m.get('before', '-')} -> {m.get('after', '-')} {m.get('unit') or ''}"
-                  if m else s.get("error") or "")
+        metric = (f"{m.get('name')}: {format_number(m.get('before'))} -> {format_number(m.get('after'))} "
+                  f"{m.get('unit') or ''}" if m else s.get("error") or "")
         secs = s.get("seconds")
         lines.append(f"{s['name']:<10} {s['status']:<8} {'' if secs is None else f'{secs:.0f} s':>7}  {metric}")
     return "\n".join(lines)

@@ -83,7 +83,7 @@ def test_report_in_the_browser(browser, tmp_path, which):
     if which == "demo":
         if not os.environ.get("LMFORGE_DEMO_RUN"):
             pytest.skip("set LMFORGE_DEMO_RUN to a folder `lmforge demo` wrote (e.g. out/demo) to check its report")
-        run = Path(os.environ["LMFORGE_DEMO_RUN"])
+        run = Path(os.environ["LMFORGE_DEMO_RUN"]).resolve()
         subprocess.run([sys.executable, "-m", "lmforge", "report", str(run)], check=True, timeout=120)
         report = json.loads((run / "report.json").read_text())
     else:

@@ -287,3 +287,18 @@ def test_wheel_install_runs_outside_the_source_tree(tmp_path):
                   "--train.max_steps", "2", "--log.tensorboard", "false", "--log.plot", "false")
     assert "pretrain: austen-tiny" in out and "done: 2 steps" in out
     assert (elsewhere / "run" / "final" / "model.safetensors").is_file()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(["--full", "--out", "x", "--force", "sft,dpo", "true", "false", "--stages", "--nope"]),
+                max_size=8))
+def test_a_bare_bool_flag_means_true_and_nothing_else_changes(args):
+    """`--full` alone (last, or before another flag) gains "true"; every other word stays as it was."""
+    from lmforge.cli import _bare_bools
+    from lmforge.verbs.demo import demo
+
+    out = _bare_bools(demo, args)
+    assert out == [w for i, a in enumerate(args) for w in
+                                ([a, "true"] if a == "--full" and (i + 1 == len(args) or args[i + 1].startswith("--"))
+                                 else [a])]
+    assert _bare_bools({"sub": demo}, args) == args  # a verb with subverbs: left alone

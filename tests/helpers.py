@@ -112,3 +112,23 @@ def tiny_chat_checkpoint(out, always: str | None = None, seed: int = 0):
             model.lm_head.bias[tok.token_to_id(always)] = 10.0
     save_checkpoint(out, model, config)
     return out
+
+
+def kill_and_resume(script, args, env: dict, tmp_path):
+    """Run `script` uninterrupted, then killed by SIGKILL at step 4 (DIE_AT) and resumed; both runs
+    must succeed and the resumed one must restart from the step-3 checkpoint. Returns (full, resumed) dirs."""
+    import signal
+    import subprocess
+    import sys
+
+    full, out = tmp_path / "full", tmp_path / "killed"
+    p = subprocess.run([sys.executable, str(script), *args(full)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, str(script), *args(out)], env={**env, "DIE_AT": "4"}, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, str(script), *args(out, "--resume", "true")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming from step 3" in p.stdout
+    return full, out

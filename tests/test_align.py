@@ -7,13 +7,10 @@ import copy
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import tiny_gpt
+from helpers import kill_and_resume, tiny_gpt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_finetune import _cli_error, train_losses
@@ -274,16 +271,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_ckpt, tmp_path):
                 "--precision", "fp32", *extra]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMFORGE_HOME": str(tmp_path / "home")}
-    full, out = tmp_path / "full", tmp_path / "killed"
-    p = subprocess.run([sys.executable, str(script), *args(full)], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    p = subprocess.run([sys.executable, str(script), *args(out)], env={**env, "DIE_AT": "4"}, capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
-    p = subprocess.run([sys.executable, str(script), *args(out, "--resume", "true")], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "resuming from step 3" in p.stdout
+    full, out = kill_and_resume(script, args, env, tmp_path)
     a, b = train_losses(full), train_losses(out)
     assert list(a) == list(b) == [1, 2, 3, 4, 5, 6]
     assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-6, abs=1e-6)

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import asset, tiny_gpt
+from helpers import kill_and_resume, asset, tiny_gpt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -239,17 +238,7 @@ def test_lora_resume_after_sigkill_equals_uninterrupted(tiny_ckpt, tmp_path):
                 "false", "--log.plot", "false", "--device", "cpu", "--precision", "fp32", *extra]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    full = tmp_path / "full"
-    p = subprocess.run([sys.executable, str(script), *args(full)], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    out = tmp_path / "killed"
-    p = subprocess.run([sys.executable, str(script), *args(out)], env={**env, "DIE_AT": "4"}, capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
-    p = subprocess.run([sys.executable, str(script), *args(out, "--resume", "true")], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "resuming from step 3" in p.stdout
+    full, out = kill_and_resume(script, args, env, tmp_path)
     a, b = train_losses(full), train_losses(out)
     assert list(a) == list(b) == [1, 2, 3, 4, 5, 6]
     assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-6, abs=1e-6)

@@ -299,7 +299,8 @@ def test_listing_models_does_not_import_torch():
 
 
 # ---- layering (#12) ------------------------------------------------------------------------------
-_CONFIG_LAYER = {"lmforge.config", "lmforge.hf_config", "lmforge.model_registry", "lmforge.errors", "lmforge._io"}
+_CONFIG_LAYER = {"lmforge.config", "lmforge.hf_config", "lmforge.model_registry", "lmforge.errors", "lmforge._io",
+                 "lmforge.gemm"}  # the matrix-product back-end choice: imports only torch
 
 
 def test_config_imports_its_data_and_nothing_imports_config_back():

@@ -222,8 +222,8 @@ def test_module_and_parameter_names_are_stable():
 def test_skip_and_none_leave_modules_alone():
     model = tiny_gpt()
     q = quantize_model(copy.deepcopy(model), "bf16", skip=("lm_head",))
-    assert type(q.lm_head) is torch.nn.Linear and q.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
-    assert quantize_model(model, None) is model and type(model.lm_head) is torch.nn.Linear
+    assert isinstance(q.lm_head, torch.nn.Linear) and q.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert quantize_model(model, None) is model and isinstance(model.lm_head, torch.nn.Linear)
 
 
 def test_every_mode_has_a_kernel_mode():

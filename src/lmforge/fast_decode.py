@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge import cpu_kernels
+from lmforge import cpu_kernels, gemm
 from lmforge.quantize import QuantizedLinear
 
 # Up to this many tokens per step the kernel's weight-streaming products win (each weight read
@@ -56,7 +56,7 @@ def _linear_mode(m: nn.Module) -> str | None:
     """The kernel mode of a projection, or None if the kernel cannot run it."""
     if isinstance(m, QuantizedLinear):  # FusedLinear included
         return m.mode
-    if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.is_contiguous() and (
+    if isinstance(m, nn.Linear) and m.weight.dtype == torch.float32 and m.weight.is_contiguous() and (
             m.bias is None or m.bias.dtype == torch.float32):
         return "fp32"
     return None
@@ -352,6 +352,8 @@ def _project(m: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """m(h) for 2-D h, written into `out` when `m` holds fp32 weights."""
     if _linear_mode(m) != "fp32":  # int8/bf16 weights: the module's own forward
         return m(h)
+    if gemm.backend() == "onednn" and h.shape[0] >= gemm.MIN_ROWS:  # a new tensor, ~2x MKL on AMD AVX-512
+        return gemm.linear(h, m.weight, m.bias)
     if m.bias is None:
         return torch.mm(h, m.weight.t(), out=out)
     return torch.addmm(m.bias, h, m.weight.t(), out=out)
@@ -362,7 +364,10 @@ def _project_add(m: nn.Module, h: torch.Tensor, residual: torch.Tensor) -> None:
     if _linear_mode(m) != "fp32":
         residual.add_(m(h))
         return
-    residual.addmm_(h, m.weight.t())
+    if gemm.backend() == "onednn" and h.shape[0] >= gemm.MIN_ROWS:
+        residual.add_(gemm.linear(h, m.weight))
+    else:
+        residual.addmm_(h, m.weight.t())
     if m.bias is not None:
         residual.add_(m.bias)
 

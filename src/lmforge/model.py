@@ -17,11 +17,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.config import Config
+from lmforge.gemm import linear as _linear
 
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------------
+class Linear(nn.Linear):
+    """`nn.Linear` whose fp32 CPU products run on the faster BLAS back-end (`lmforge.gemm`); same maths."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     """RMS normalisation computed in fp32 (as HF does); `unit_offset` applies `1 + weight` (Gemma)."""
 
@@ -164,10 +172,10 @@ class Attention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         hs, nh, ng, d = config.head_size, config.n_head, config.n_query_groups, config.n_embd
-        self.q_proj = nn.Linear(d, nh * hs, bias=config.attn_bias)
-        self.k_proj = nn.Linear(d, ng * hs, bias=config.attn_bias)
-        self.v_proj = nn.Linear(d, ng * hs, bias=config.attn_bias)
-        self.o_proj = nn.Linear(nh * hs, d, bias=config.attn_out_bias)
+        self.q_proj = Linear(d, nh * hs, bias=config.attn_bias)
+        self.k_proj = Linear(d, ng * hs, bias=config.attn_bias)
+        self.v_proj = Linear(d, ng * hs, bias=config.attn_bias)
+        self.o_proj = Linear(nh * hs, d, bias=config.attn_out_bias)
         if config.qk_norm == "head":
             self.q_norm = RMSNorm(hs, config.norm_eps)
             self.k_norm = RMSNorm(hs, config.norm_eps)
@@ -260,9 +268,9 @@ class MLP(nn.Module):
         d, inter, bias = config.n_embd, config.intermediate_size, config.mlp_bias
         self.gated = config.mlp_class != "mlp"
         if self.gated:
-            self.gate_proj = nn.Linear(d, inter, bias=bias)
-        self.up_proj = nn.Linear(d, inter, bias=bias)
-        self.down_proj = nn.Linear(inter, d, bias=bias)
+            self.gate_proj = Linear(d, inter, bias=bias)
+        self.up_proj = Linear(d, inter, bias=bias)
+        self.down_proj = Linear(inter, d, bias=bias)
         self.act = activation_fn(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -276,7 +284,7 @@ class MoE(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.router = nn.Linear(config.n_embd, config.n_expert, bias=False)
+        self.router = Linear(config.n_embd, config.n_expert, bias=False)
         self.experts = nn.ModuleList(MLP(config) for _ in range(config.n_expert))
         self.top_k = config.n_expert_per_token
 
@@ -374,7 +382,7 @@ class GPT(nn.Module):
             self.embed_positions = nn.Embedding(config.block_size, config.n_embd)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         if config.position_embedding == "rope":
@@ -413,7 +421,7 @@ class GPT(nn.Module):
             head = state_dict.get("lm_head.weight")
             if head is not None and not config.tie_embeddings and head.shape[0] != config.vocab_size:
                 # a classifier's head: Linear(n_embd, num_classes) (lmforge.finetune.classification)
-                model.lm_head = nn.Linear(config.n_embd, head.shape[0], bias="lm_head.bias" in state_dict)
+                model.lm_head = Linear(config.n_embd, head.shape[0], bias="lm_head.bias" in state_dict)
         expected = {k for k in model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")}
         got = set(state_dict)
         missing, unexpected = sorted(expected - got), sorted(got - expected - {"lm_head.weight"})

@@ -37,7 +37,7 @@ def completion_logits(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor
     head, config = getattr(inner, "lm_head", None), getattr(inner, "config", None)
     mask = targets != IGNORE
     rows = mask.nonzero()[:, 0]
-    if type(head) is nn.Linear and getattr(config, "final_logit_softcap", None) is None:
+    if isinstance(head, nn.Linear) and getattr(config, "final_logit_softcap", None) is None:
         hidden = model(ids, return_hidden=True)  # (R, T, d)
         logits = F.linear(hidden[mask], head.weight, head.bias)  # (M, V)
     else:

@@ -44,7 +44,7 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     inner = getattr(unwrap(model), "_orig_mod", unwrap(model))
     head, config = getattr(inner, "lm_head", None), getattr(inner, "config", None)
-    if (type(head) is nn.Linear and config is not None and head.out_features == config.vocab_size
+    if (isinstance(head, nn.Linear) and config is not None and head.out_features == config.vocab_size
             and getattr(config, "final_logit_softcap", None) is None):
         hidden = model(x, return_hidden=True, segments=segments)  # (b, T, d)
         # the head runs inside the loss, chunk by chunk (in the autocast dtype, softmax in fp32)

@@ -50,7 +50,7 @@ def test_every_prototype_is_read_with_its_argument_count():
     text = (cpu_kernels.SOURCE_DIR / "lmf_cpu.h").read_text()
     functions = cpu_kernels.header().functions
     assert set(functions) == {"lmf_linear_i8", "lmf_linear_bf16", "lmf_linear_f32", "lmf_use_avx512", "lmf_decode_step",
-                              "lmf_attention"}
+                              "lmf_attention", "lmf_dropout"}
     for name, (_, argtypes) in functions.items():
         params = text.split(name + "(", 1)[1].split(")", 1)[0]
         assert len(argtypes) == params.count(",") + 1

@@ -194,10 +194,24 @@ def test_adapter_gradient_is_the_formulas(dropout):
     assert torch.autograd.gradcheck(f, (x, a, b), eps=1e-6, atol=1e-7)
 
 
+class _SeededDropout(torch.nn.Module):
+    """`nn.Dropout` with the mask lmforge's adapter draws for `seed` (`lora._dropped`)."""
+
+    def __init__(self, seed: int, p: float) -> None:
+        super().__init__()
+        self.seed, self.p = seed, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lmforge.lora import _dropped
+
+        return x * _dropped(torch.ones_like(x), self.seed, self.p) / (1 - self.p)  # the mask as a constant
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_adapter_equals_peft_lora_layer(dropout):
     """Outputs and gradients equal PEFT's `lora.Linear` (the plain formula `base(x) + s * B(A(drop(x)))`)
-    with the same weights and the same seed: the dropout draws the same mask."""
+    with the same weights and, with dropout on, the same mask: PEFT's dropout module is given the mask
+    that our adapter draws for the seed it takes from PyTorch's generator."""
     from peft import LoraConfig
     from peft.tuners.lora import Linear as PeftLinear
 
@@ -205,6 +219,10 @@ def test_adapter_equals_peft_lora_layer(dropout):
     config = LoraConfig(r=3, lora_alpha=6, lora_dropout=dropout)
     theirs = PeftLinear(copy.deepcopy(ours.base_layer), "default", config, r=3, lora_alpha=6,
                         lora_dropout=dropout).train()
+    if dropout:
+        torch.manual_seed(5)
+        theirs.lora_dropout["default"] = _SeededDropout(int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)),
+                                                        dropout)
     with torch.no_grad():
         theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
         theirs.lora_B["default"].weight.copy_(ours.lora_B.weight)
@@ -222,3 +240,30 @@ def test_adapter_equals_peft_lora_layer(dropout):
     for g_ours, g_theirs in zip(*grads):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-6)
     assert dropout == 0 or not torch.equal(ours.train()(x), ours.eval()(x))  # dropout was really on
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_dropout_mask_rate_seed_and_threads(p):
+    """The adapter's dropout keeps each element with probability 1 - p (a 6-sigma binomial band over 2M
+    elements, and in every tenth of them), the same mask at 1 and 2 threads and on the fallback's
+    generator-free replay, a different one for another seed."""
+    from lmforge.lora import _dropped
+
+    x = torch.ones(2_000_000)
+    kept = _dropped(x, 1234, p)
+    n, q = x.numel(), 1 - p
+    sigma = (n * p * q) ** 0.5
+    assert abs(kept.sum().item() - n * q) < 6 * sigma
+    for part in kept.view(10, -1):  # no long runs: every slice keeps its share
+        assert abs(part.sum().item() - part.numel() * q) < 6 * (part.numel() * p * q) ** 0.5
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(_dropped(x, 1234, p), kept)
+    finally:
+        torch.set_num_threads(threads)
+    other = _dropped(x, 1235, p)
+    agree = (other == kept).float().mean().item()
+    assert abs(agree - (q * q + p * p)) < 0.01  # independent masks agree where both keep or both drop
+    y = torch.randn(1000)
+    assert torch.equal(_dropped(y, 7, p, out=y.clone()), _dropped(y, 7, p))  # in place = out of place

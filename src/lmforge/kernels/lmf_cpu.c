@@ -791,3 +791,41 @@ void lmf_attention(const float* q, int64_t q_sb, int64_t q_sh, int64_t q_st,
     run_job(attn_transpose_keys, &a, B * ng, nthreads);
     run_job(attn_rows, &a, B * ng * a.nblk, nthreads);
 }
+
+/* ---- dropout from a counter-based hash (LoRA's adapter inputs) -------------------------------
+ * Element i is kept where lowbias32(lowbias32(i ^ k1) + k2) >= threshold, so the mask is a pure
+ * function of (seed, i): the backward pass draws it again instead of keeping it, and the result
+ * does not depend on the thread count. lowbias32 is Chris Wellons' 32-bit integer hash (bias
+ * 0.17, "hash-prospector"); two rounds keyed by the two halves of the seed. The loop is plain C
+ * that the compiler vectorises (32-bit multiplies: AVX2's vpmulld). */
+static inline uint32_t lowbias32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}
+
+typedef struct { const float* x; float* out; int64_t n, chunk; uint32_t k1, k2, threshold; } dropout_args;
+
+static void dropout_chunk(const void* args, int64_t c) {
+    const dropout_args* a = args;
+    const uint32_t k1 = a->k1, k2 = a->k2, threshold = a->threshold;
+    int64_t lo = c * a->chunk, hi = lo + a->chunk < a->n ? lo + a->chunk : a->n;
+    if (a->out == a->x) {  /* in place: one pointer, so the loop vectorises without an overlap check */
+        float* y = a->out;
+        for (int64_t i = lo; i < hi; i++)
+            if (lowbias32(lowbias32((uint32_t)i ^ k1) + k2) < threshold) y[i] = 0.0f;
+        return;
+    }
+    const float* restrict x = a->x;
+    float* restrict out = a->out;
+    for (int64_t i = lo; i < hi; i++) {
+        uint32_t h = lowbias32(lowbias32((uint32_t)i ^ k1) + k2);
+        out[i] = h >= threshold ? x[i] : 0.0f;
+    }
+}
+
+void lmf_dropout(const float* x, float* out, int64_t n, int64_t seed, int64_t threshold, int nthreads) {
+    int64_t chunks = nthreads > 1 && n >= 65536 ? nthreads : 1;  /* one contiguous share per thread */
+    dropout_args a = {x, out, n, ((n + chunks - 1) / chunks + 63) / 64 * 64,
+                      (uint32_t)seed, (uint32_t)((uint64_t)seed >> 32), (uint32_t)threshold};
+    run_job(dropout_chunk, &a, (long)chunks, nthreads);
+}

@@ -78,4 +78,8 @@ void lmf_attention(const float* q, int64_t q_sb, int64_t q_sh, int64_t q_st,
                    int64_t B, int64_t T, int64_t nh, int64_t ng, int64_t hs, int64_t S, int64_t window,
                    float scale, int nthreads);
 
+/* out[i] = x[i] where the hash of (seed, i) is >= threshold (p * 2^32), else 0; out may be x.
+ * n < 2^32. The same (seed, threshold) gives the same mask at any thread count. */
+void lmf_dropout(const float* x, float* out, int64_t n, int64_t seed, int64_t threshold, int nthreads);
+
 #endif

@@ -59,9 +59,11 @@ class FinetuneArgs:
     """Processes to train with; > 1 launches torchrun with this many (ignored inside torchrun)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Multi-process strategy (as in pretraining)."""
-    activation_checkpointing: bool | Literal["mlp"] = False
+    activation_checkpointing: bool | Literal["mlp", "auto"] = "auto"
     """Recompute activations in the backward pass: true (each block's: least memory), mlp (only each
-    MLP's: most of the saving at less recompute), false. See benchmarks/README.md (finetuning)."""
+    MLP's: most of the saving at less recompute), false, or auto: mlp when LoRA trains (a LoRA step then
+    peaks at under half a full finetune's memory, still ~1.4x transformers + peft's speed), else false.
+    See benchmarks/README.md (finetuning)."""
     resume: bool | str = False
     """Continue an interrupted run: true (latest checkpoint in out_dir) or a checkpoint directory."""
     keep_checkpoints: int = 2
@@ -274,7 +276,15 @@ def loop_kwargs(cfg: FinetuneArgs, info: Any, resume: Path | None) -> dict[str, 
 
     return dict(train=cfg.train, eval=cfg.eval, log=cfg.log, out_dir=cfg.out_dir, info=info,
                 bf16=use_bf16(cfg.precision, info.device), strategy=cfg.strategy,
-                activation_checkpointing=cfg.activation_checkpointing, keep_checkpoints=cfg.keep_checkpoints, resume=resume, run_config=cfg.to_dict())
+                activation_checkpointing=checkpointing(cfg), keep_checkpoints=cfg.keep_checkpoints, resume=resume, run_config=cfg.to_dict())
+
+
+def checkpointing(cfg: FinetuneArgs) -> bool | str:
+    """The recompute `train_loop` gets: `activation_checkpointing`, with auto = mlp for LoRA, else off."""
+    if cfg.activation_checkpointing != "auto":
+        return cfg.activation_checkpointing
+    trains = getattr(cfg, "trainable", cfg.method)  # align's `method` is its loss; `trainable` what trains
+    return "mlp" if trains.name == "lora" else False
 
 
 def local_path(value: str) -> str:

@@ -30,7 +30,7 @@ def align(
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
     devices: int = 1,
     strategy: Literal["ddp", "fsdp"] = "ddp",
-    activation_checkpointing: bool | Literal["mlp"] = False,
+    activation_checkpointing: bool | Literal["mlp", "auto"] = "auto",
     resume: bool | str = False,
     keep_checkpoints: int = 2,
 ) -> None:
@@ -52,7 +52,7 @@ def align(
         devices: Processes to train with (> 1 launches torchrun).
         strategy: ddp or fsdp (with several processes).
         activation_checkpointing: Recompute activations in the backward: true (each block's), mlp
-            (only the MLPs') or false.
+            (only the MLPs'), false, or auto (mlp with LoRA, else false).
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """

@@ -30,7 +30,7 @@ def classify(
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
     devices: int = 1,
     strategy: Literal["ddp", "fsdp"] = "ddp",
-    activation_checkpointing: bool | Literal["mlp"] = False,
+    activation_checkpointing: bool | Literal["mlp", "auto"] = "auto",
     resume: bool | str = False,
     keep_checkpoints: int = 2,
 ) -> None:
@@ -50,7 +50,8 @@ def classify(
         devices: Processes to train with (> 1 launches torchrun).
         strategy: ddp or fsdp (with several processes).
         activation_checkpointing: Recompute activations in the backward: true (each block's), mlp
-            (only the MLPs': most of the memory saving, less recompute) or false.
+            (only the MLPs': most of the memory saving, less recompute), false, or auto (mlp with LoRA,
+            else false).
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """
@@ -72,7 +73,7 @@ def sft(
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto",
     devices: int = 1,
     strategy: Literal["ddp", "fsdp"] = "ddp",
-    activation_checkpointing: bool | Literal["mlp"] = False,
+    activation_checkpointing: bool | Literal["mlp", "auto"] = "auto",
     resume: bool | str = False,
     keep_checkpoints: int = 2,
 ) -> None:
@@ -91,7 +92,8 @@ def sft(
         devices: Processes to train with (> 1 launches torchrun).
         strategy: ddp or fsdp (with several processes).
         activation_checkpointing: Recompute activations in the backward: true (each block's), mlp
-            (only the MLPs': most of the memory saving, less recompute) or false.
+            (only the MLPs': most of the memory saving, less recompute), false, or auto (mlp with LoRA,
+            else false).
         resume: true (latest checkpoint in out_dir) or a checkpoint dir.
         keep_checkpoints: Training checkpoints kept.
     """

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": "all-linear"}
 VARIANTS = ("ours-lora", "hf-lora", "ours-full", "hf-full", "ours-lora-int8", "ours-lora-ckpt", "ours-lora-ckpt-mlp",
-            "ours-lora-int8-ckpt")
+            "ours-lora-int8-ckpt", "ours-full-ckpt-mlp")
 
 
 def cpu_model() -> str:
@@ -69,7 +69,7 @@ def build(variant: str, config, sd):
         from lmforge.training.optim import make_adamw
         from lmforge.training.step import lm_loss, train_step
 
-        if variant == "ours-full":
+        if variant.startswith("ours-full"):
             method = MethodArgs(name="full")
         else:
             method = MethodArgs(name="lora", lora=dict(LORA), quantize="int8" if "int8" in variant else "none")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -85,6 +86,23 @@ def test_loglikelihoods_equal_a_plain_forward_property(seed, questions, shared, 
 
 
 _PROPERTY_MODEL = prepare_for_inference(tiny_gpt("llama-gqa", seed=1, vector_noise=0.1))
+
+
+def test_a_long_scoring_run_shows_progress_on_stderr(monkeypatch, capsys):
+    """Every PROGRESS_EVERY_S seconds a line with the count, rate and ETA; none after the last batch."""
+    model = _PROPERTY_MODEL
+    reqs = _requests(random.Random(3), model.config.vocab_size, questions=6, shared=0)
+    monkeypatch.setattr(scoring, "PROGRESS_EVERY_S", 0.0)
+    loglikelihoods(model, reqs, batch_size=2)
+    lines = capsys.readouterr().err.strip().splitlines()
+    keys = list(dict.fromkeys(tuple(c) for c, _ in reqs))
+    contexts = len(keys)
+    assert lines and len(lines) == len(scoring._batches(keys, 2)) - 1  # one per batch but the last
+    assert all(re.fullmatch(rf"scored [0-9,]+/{contexts} contexts \(\d+%\) \| [0-9.]+/s \| ETA \d+m\d\ds", ln)
+               for ln in lines), lines
+    monkeypatch.setattr(scoring, "PROGRESS_EVERY_S", 30.0)
+    loglikelihoods(model, reqs, batch_size=2)  # a short run: silent
+    assert capsys.readouterr().err == ""
 
 
 def test_a_too_long_pair_keeps_the_end_of_its_context():

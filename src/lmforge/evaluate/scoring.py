@@ -144,13 +144,44 @@ def loglikelihoods(model: GPT, requests: Sequence[tuple[Sequence[int], Sequence[
     for i, (ctx, _) in enumerate(reqs):
         by_ctx.setdefault(ctx, []).append(i)
     results: list[tuple[float, bool] | None] = [None] * len(reqs)
+    batches = _batches(list(by_ctx), batch_size)
+    progress = _Progress(len(by_ctx))
     with torch.inference_mode():
-        for batch in _batches(list(by_ctx), batch_size):
+        for batch in batches:
             members = [(c, i) for c in batch for i in by_ctx[c]]
             for (ctx, i), res in zip(members, _score_batch(model, batch, [(c, reqs[i][1]) for c, i in members],
                                                            batch_size)):
                 results[i] = res
+            progress.advance(len(batch))
     return results  # type: ignore[return-value]
+
+
+#: seconds between two progress lines of a long scoring run (on stderr; a short run prints none)
+PROGRESS_EVERY_S = 30.0
+
+
+class _Progress:
+    """`scored 3,200/14,042 contexts (23%) | 11.8/s | ETA 15m18s` on stderr, every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.done = total, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        import sys
+        import time
+
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S or self.done >= self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = int((self.total - self.done) / rate)
+        print(f"scored {self.done:,}/{self.total:,} contexts ({100 * self.done / self.total:.0f}%) | {rate:.1f}/s | "
+              f"ETA {eta // 60}m{eta % 60:02d}s", file=sys.stderr, flush=True)
 
 
 def _score_batch(model: GPT, contexts: list[tuple[int, ...]], pairs: list[tuple[tuple[int, ...], tuple[int, ...]]],

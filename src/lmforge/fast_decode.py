@@ -352,7 +352,7 @@ def _project(m: nn.Module, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """m(h) for 2-D h, written into `out` when `m` holds fp32 weights."""
     if _linear_mode(m) != "fp32":  # int8/bf16 weights: the module's own forward
         return m(h)
-    if gemm.backend() == "onednn" and h.shape[0] >= gemm.MIN_ROWS:  # a new tensor, ~2x MKL on AMD AVX-512
+    if gemm.takes(h, m.weight):  # a new tensor, ~2x MKL on AMD AVX-512
         return gemm.linear(h, m.weight, m.bias)
     if m.bias is None:
         return torch.mm(h, m.weight.t(), out=out)
@@ -364,7 +364,7 @@ def _project_add(m: nn.Module, h: torch.Tensor, residual: torch.Tensor) -> None:
     if _linear_mode(m) != "fp32":
         residual.add_(m(h))
         return
-    if gemm.backend() == "onednn" and h.shape[0] >= gemm.MIN_ROWS:
+    if gemm.takes(h, m.weight):
         residual.add_(gemm.linear(h, m.weight))
     else:
         residual.addmm_(h, m.weight.t())

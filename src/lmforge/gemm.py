@@ -79,7 +79,9 @@ def backend() -> str:
     return _choice
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `x @ weight.T` runs on oneDNN here: fp32 on the CPU, big enough, no autocast or compiling,
+    and oneDNN the chosen back-end. The one test `linear`, `mm_nt` and their callers share."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and weight.dim() == 2 and x.numel() >= MIN_ROWS * weight.shape[1]
             and min(weight.shape) >= MIN_SIDE and not torch.is_autocast_enabled("cpu")
@@ -88,8 +90,7 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b.T for 2-D fp32 CPU tensors (any strides), on the chosen back-end. A new tensor."""
-    if (a.shape[0] >= MIN_ROWS and min(b.shape) >= MIN_SIDE and a.dtype == b.dtype == torch.float32
-            and a.device.type == "cpu" and backend() == "onednn"):
+    if takes(a, b):
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return a @ b.t()
 
@@ -117,7 +118,7 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` (x of any leading shape), on oneDNN where that is the faster back-end."""
-    if not _eligible(x, weight) or (bias is not None and bias.dtype != torch.float32):
+    if not takes(x, weight) or (bias is not None and bias.dtype != torch.float32):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)

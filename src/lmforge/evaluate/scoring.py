@@ -18,6 +18,8 @@ Contexts are sorted by length within each prefix group, so a batch pads little.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -164,15 +166,10 @@ class _Progress:
     """`scored 3,200/14,042 contexts (23%) | 11.8/s | ETA 15m18s` on stderr, every PROGRESS_EVERY_S seconds."""
 
     def __init__(self, total: int) -> None:
-        import time
-
         self.total, self.done = total, 0
         self.t0 = self.last = time.perf_counter()
 
     def advance(self, n: int) -> None:
-        import sys
-        import time
-
         self.done += n
         now = time.perf_counter()
         if now - self.last < PROGRESS_EVERY_S or self.done >= self.total:

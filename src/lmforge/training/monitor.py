@@ -68,14 +68,10 @@ def measured_peak_flops(device: Any, dtype: Any, cache_dir: Path | None = None) 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    if device.type == "cpu" and dtype == torch.float32:
-        from lmforge import gemm  # the back-end the model's products run on (oneDNN where faster)
+    from lmforge import gemm  # the back-end the model's products run on (oneDNN where faster, else a @ b.T)
 
-        def product():
-            return gemm.mm_nt(a, b)
-    else:
-        def product():
-            return a @ b
+    def product():
+        return gemm.mm_nt(a, b)
 
     product()  # warm-up (kernel selection, allocation)
     sync()
